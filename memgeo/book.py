@@ -1,0 +1,67 @@
+"""Glue between the notebooks, papermill and the book build.
+
+Each notebook's `parameters` cell holds `preset` and `overrides`; `configure_notebook` turns them
+into a `Preset`. When the whole book is built (`python -m memgeo book`), the preset and overrides
+travel to every notebook through the environment variables MEMGEO_PRESET and MEMGEO_SET (JSON),
+which win over the notebook's own values. With those variables unset (papermill on one notebook),
+the notebook's parameters are used as given.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import Preset, configure
+from .paths import REPO_ROOT
+
+ENV_PRESET = "MEMGEO_PRESET"
+ENV_SET = "MEMGEO_SET"
+
+
+def configure_notebook(preset: str = "cpu", overrides: dict | None = None) -> Preset:
+    """The configuration a notebook runs with (book-wide settings from the environment win)."""
+    name = os.environ.get(ENV_PRESET) or preset
+    merged = dict(overrides or {})
+    merged.update(json.loads(os.environ.get(ENV_SET) or "{}"))
+    return configure(name, merged)
+
+
+def describe(p: Preset) -> str:
+    """One line naming what a figure was made from (for captions)."""
+    r = p.run
+    src = "offline JPEG copy of CIFAR-10 (unverified)" if r.unverified_local_copy else r.dataset
+    return (f"{r.model} (width {r.width}) on {src}, {r.train_per_class or 'all'} per class, "
+            f"eps={r.eps}, seed {r.seed}, preset '{p.name}', run {r.hash()}")
+
+
+def build_book(preset: str, overrides: dict, keep_going: bool = False) -> int:
+    """Train what is missing (with progress bars), then build the book; print where the HTML is."""
+    from .sweep import train_sweep
+    from .train import train
+
+    p = configure(preset, overrides)
+    os.environ[ENV_PRESET] = preset
+    os.environ[ENV_SET] = json.dumps(overrides)
+    t0 = time.time()
+    print(f"[memgeo] preset {preset!r}, overrides {overrides or '{}'}", flush=True)
+    print("[memgeo] shared training run (reused if present)", flush=True)
+    run = train(p.run)
+    print(f"[memgeo]   {run.path}", flush=True)
+    print(f"[memgeo] width sweep: {len(p.sweep.widths)} runs (reused if present)", flush=True)
+    train_sweep(p.sweep)
+    print(f"[memgeo] executing notebooks and building the book ({time.time() - t0:.0f} s so far)", flush=True)
+    jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
+    cmd = [jb, "build", str(REPO_ROOT), "--path-output", str(REPO_ROOT), "-W", "-n"]
+    if keep_going:
+        cmd.append("--keep-going")
+    rc = subprocess.call(cmd, cwd=REPO_ROOT)
+    html = REPO_ROOT / "_build" / "html" / "index.html"
+    print(f"[memgeo] book build {'finished' if rc == 0 else 'FAILED'} in {time.time() - t0:.0f} s", flush=True)
+    if rc == 0:
+        print(f"[memgeo] open {html}")
+    return rc

@@ -1,0 +1,254 @@
+"""Frozen, hashable configurations and the three presets (smoke, cpu, paper).
+
+A run is a pure function of its `RunConfig`: the folder that holds its results is named by
+`RunConfig.hash()`, so asking twice for the same config reuses the same folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+DATASETS = ("cifar10", "cifar100", "tinyimagenet")
+MODELS = ("smallcnn", "vgg16", "alexnet", "resnet18")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "step")
+PRESETS = ("smoke", "cpu", "paper")
+
+
+class ConfigError(ValueError):
+    """A parameter has a value memgeo cannot use; the message names it and the fix."""
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a training run's result (the device is recorded but not hashed)."""
+
+    dataset: str = "cifar10"
+    # The offline JPEG-recompressed CIFAR-10 copy fails torchvision's md5 check; it is read only
+    # when this is set explicitly (its pixels differ from the official files).
+    unverified_local_copy: bool = False
+    train_per_class: int = 500      # 0 = every training example
+    test_per_class: int = 100       # 0 = the whole test (or validation) split
+    eps: float = 0.5                # fraction of training examples whose labels are permuted
+    model: str = "smallcnn"
+    width: int = 32                 # base channel count (ResNet-18: k in (k, 2k, 4k, 8k))
+    batchnorm: bool = True
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    epochs: int = 40
+    batch_size: int = 128
+    augment: bool = False           # flip + pad-crop; off: the paper's setting wants memorization
+    seed: int = 0
+    checkpoints: str = "all"        # "all", "log" (log-spaced), or explicit "0,5,10"
+    device: str = "auto"            # "auto" (cuda if present), "cpu", "cuda"
+
+    def __post_init__(self) -> None:
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("model", self.model, MODELS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        if not (0.0 <= self.eps <= 1.0):
+            raise ConfigError(f"eps={self.eps} is outside [0, 1]: it is the fraction of permuted labels")
+        for name in ("width", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        for name in ("train_per_class", "test_per_class"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 means all examples)")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr} must be > 0")
+        if self.unverified_local_copy and self.dataset != "cifar10":
+            raise ConfigError("unverified_local_copy applies only to the offline CIFAR-10 copy; "
+                              f"dataset={self.dataset!r} is always read through its checksummed loader")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        self.checkpoint_epochs()  # validates the checkpoints field
+
+    def checkpoint_epochs(self) -> tuple[int, ...]:
+        """Epochs whose weights are kept (always 0 and the last); the best-test epoch is kept too."""
+        spec = self.checkpoints
+        if spec == "all":
+            epochs = set(range(self.epochs + 1))
+        elif spec == "log":
+            epochs, e = {0, 1}, 1.0
+            while e < self.epochs:
+                e *= 1.5
+                epochs.add(min(self.epochs, round(e)))
+        else:
+            try:
+                epochs = {int(s) for s in spec.split(",") if s.strip()}
+            except ValueError:
+                raise ConfigError(f"checkpoints={spec!r}: use 'all', 'log' or comma-separated epochs") from None
+            bad = [e for e in epochs if not 0 <= e <= self.epochs]
+            if bad:
+                raise ConfigError(f"checkpoints={spec!r}: epochs {bad} are outside 0..{self.epochs}")
+        return tuple(sorted(epochs | {0, self.epochs}))
+
+    def hash(self) -> str:
+        """Short content hash of every result-deciding field (device excluded)."""
+        d = dataclasses.asdict(self)
+        d.pop("device")
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+        return apply_overrides(cls(), d)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Manifold analysis of a run's layers (the layer-memorization section)."""
+
+    P: int = 10                 # manifolds (classes) per type
+    M: int = 50                 # examples per manifold
+    n_t: int = 200              # Gaussian t-vectors per manifold
+    kappa: float = 0.0
+    proj_dim: int = 5000        # random Gaussian projection when a layer is wider
+    epochs: str = "auto"        # "auto": init, early stop, end and a few between; or "0,5,40"
+    max_epochs: int = 8         # how many epochs "auto" picks
+    sim_dichotomies: int = 60   # per n in the simulated-capacity bisection (Fig. 1B check)
+    sim_epochs: str = "auto"    # epochs whose layers get simulated capacity ("auto": init, early, end)
+
+    def __post_init__(self) -> None:
+        if self.P < 2:
+            raise ConfigError(f"P={self.P}: the analysis needs at least 2 manifolds")
+        if self.M < 2:
+            raise ConfigError(f"M={self.M}: each manifold needs at least 2 examples")
+        if self.n_t < 1:
+            raise ConfigError(f"n_t={self.n_t} must be >= 1")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Width sweep for double descent: one ordinary run per width."""
+
+    widths: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16)
+    run: RunConfig = field(default_factory=RunConfig)
+    analysis_M: int = 30
+
+    def __post_init__(self) -> None:
+        if len(self.widths) < 1 or min(self.widths) < 1:
+            raise ConfigError(f"widths={self.widths}: give one or more positive widths")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    run: RunConfig
+    probe: ProbeConfig
+    sweep: SweepConfig
+    grad_sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512)   # n for the scaling test
+
+
+def _parse(value: Any, current: Any, key: str) -> Any:
+    """Coerce a --set string to the type of the field's current value."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(current, bool):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, tuple):
+            return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: expected a {type(current).__name__}") from None
+    return value
+
+
+def apply_overrides(obj: Any, overrides: Mapping[str, Any]):
+    """Return a copy of a config dataclass with fields replaced; unknown keys are an error."""
+    names = {f.name for f in fields(obj)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+    return replace(obj, **{k: _parse(v, getattr(obj, k), k) for k, v in overrides.items()})
+
+
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse ["key=value", ...] from the command line."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: write key=value, e.g. --set eps=0.3")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _presets() -> dict[str, Preset]:
+    smoke_run = RunConfig(train_per_class=40, test_per_class=20, width=8, epochs=3, batch_size=64,
+                          lr=0.05)
+    # cpu: sized on these 2 cores so memorization visibly happens (see the layer section).
+    cpu_run = RunConfig(train_per_class=500, test_per_class=200, width=32, epochs=40, lr=0.02,
+                        schedule="constant", batch_size=128)
+    paper_run = RunConfig(dataset="cifar100", train_per_class=0, test_per_class=0, model="vgg16",
+                          width=64, epochs=300, lr=0.01, schedule="constant", batch_size=128,
+                          checkpoints="log")
+    return {
+        "smoke": Preset(
+            "smoke", smoke_run,
+            ProbeConfig(P=4, M=10, n_t=20, proj_dim=500, max_epochs=3, sim_dichotomies=10),
+            SweepConfig(widths=(1, 2, 4), analysis_M=10,
+                        run=replace(smoke_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=2)),
+            grad_sizes=(8, 16, 32)),
+        "cpu": Preset(
+            "cpu", cpu_run, ProbeConfig(P=10, M=50, n_t=200, proj_dim=5000),
+            SweepConfig(widths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+                        run=replace(cpu_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=60,
+                                    train_per_class=200, width=1))),
+        "paper": Preset(
+            "paper", paper_run, ProbeConfig(P=100, M=50, n_t=300, proj_dim=5000),
+            SweepConfig(widths=(1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+                        run=RunConfig(dataset="cifar10", train_per_class=0, test_per_class=0,
+                                      model="resnet18", eps=0.15, optimizer="adam", lr=1e-4,
+                                      epochs=4000, augment=True, checkpoints="log"))),
+    }
+
+
+def preset(name: str) -> Preset:
+    """The named preset: `smoke` (seconds), `cpu` (default, 2 cores), `paper` (a GPU)."""
+    _choice("preset", name, PRESETS)
+    return _presets()[name]
+
+
+def configure(name: str, overrides: Mapping[str, Any] | None = None) -> Preset:
+    """A preset with overrides applied.
+
+    Keys: a RunConfig field ("eps", "seed", "unverified_local_copy", ...) applies to the main run
+    and to the width sweep's runs; "run.X" to the main run only; "probe.X" to the manifold
+    analysis; "sweep.X" to the sweep (widths, analysis_M) and "sweep.run.X" to its runs only.
+    """
+    p = preset(name)
+    groups: dict[str, dict[str, Any]] = {"": {}, "run": {}, "probe": {}, "sweep": {}, "sweep.run": {}}
+    for key, value in (overrides or {}).items():
+        head, _, tail = key.rpartition(".")
+        if head not in groups:
+            raise ConfigError(f"unknown config key {key!r}: prefix with nothing, run., probe., sweep. or sweep.run.")
+        groups[head][tail] = value
+    run = apply_overrides(apply_overrides(p.run, groups[""]), groups["run"])
+    sweep_run = apply_overrides(apply_overrides(p.sweep.run, groups[""]), groups["sweep.run"])
+    sweep = apply_overrides(replace(p.sweep, run=sweep_run), groups["sweep"])
+    probe = apply_overrides(p.probe, groups["probe"])
+    return replace(p, run=run, sweep=sweep, probe=probe)

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from memgeo.config import ConfigError, RunConfig
+from memgeo.models import build_model
+
+
+@pytest.mark.parametrize("arch,width,layers", [
+    ("smallcnn", 8, ["input", "conv1", "conv2", "conv3", "conv4", "logits"]),
+    ("vgg16", 8, ["input"] + [f"conv{i}" for i in range(1, 14)] + ["fc1", "fc2", "logits"]),
+    ("alexnet", 8, ["input", "conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "logits"]),
+    ("resnet18", 4, ["input", "stem"] + [f"res{s}_{b}" for s in range(1, 5) for b in (1, 2)] + ["logits"]),
+])
+@pytest.mark.parametrize("dataset,size,classes", [("cifar10", 32, 10), ("tinyimagenet", 64, 200)])
+def test_models_name_layers_and_shapes(arch, width, layers, dataset, size, classes):
+    m = build_model(RunConfig(model=arch, width=width, dataset=dataset)).eval()
+    assert m.layer_names == layers
+    x = torch.randn(2, 3, size, size)
+    feats = m.forward_features(x)
+    assert list(feats) == layers
+    assert feats["logits"].shape == (2, classes)
+    assert torch.allclose(feats["logits"], m(x))
+    # Every parameter belongs to a named layer.
+    assert {m.block_of(n) for n, _ in m.named_parameters()} <= set(layers)
+
+
+def test_resnet18_stage_widths_follow_k():
+    m = build_model(RunConfig(model="resnet18", width=3))
+    assert [m.blocks[f"res{s}_1"].conv1.out_channels for s in range(1, 5)] == [3, 6, 12, 24]
+    standard = build_model(RunConfig(model="resnet18", width=64))
+    n = sum(p.numel() for p in standard.parameters())
+    assert 11.0e6 < n < 11.3e6    # the usual CIFAR ResNet-18 has 11.17 M parameters
+
+
+def test_vgg16_standard_size():
+    n = sum(p.numel() for p in build_model(RunConfig(model="vgg16", width=64, dataset="cifar100")).parameters())
+    assert 15.0e6 < n < 15.4e6
+
+
+def test_batchnorm_optional():
+    m = build_model(RunConfig(model="vgg16", width=8, batchnorm=False))
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+
+
+def test_initialisation_is_fixed_by_seed():
+    a = build_model(RunConfig(seed=1)).state_dict()
+    b = build_model(RunConfig(seed=1)).state_dict()
+    c = build_model(RunConfig(seed=2)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["blocks.conv1.0.weight"], c["blocks.conv1.0.weight"])
+
+
+def test_unknown_model():
+    with pytest.raises(ConfigError, match="choose one of"):
+        RunConfig(model="lenet")
