@@ -1,0 +1,1274 @@
+r"""Mean-field theoretic manifold analysis (MFTMA): capacity, radius, dimension, center correlation.
+
+Method (Chung, Lee & Sompolinsky, PRX 8, 031003, 2018; Cohen, Chung, Lee & Sompolinsky,
+Nat. Commun. 11, 746, 2020), reported the way the authors' public implementation
+(schung039/neural_manifolds_replicaMFT) reports it; see ``REFERENCE.md`` section 2.
+
+Input: P manifolds, manifold i an (M_i, N) array (samples x features).
+
+1. Subtract the global mean of all sum_i M_i points.
+2. Center correlation: the P centers c_i minus their mean, in an orthonormal basis of their span;
+   ``rho_c = mean_{m != n} |cos(c_m, c_n)|`` (reported *before* the low-rank removal).
+   Low-rank removal: for K = 1, 2, ... minimise over orthonormal V (r x K, r = rank of the
+   centered centers, so the cost does not grow with N) the sum of squared residual correlations
+
+       cost(V) = 1/2 sum_{m,n} C_mn^2 / (C_mm C_nn),   C = X X^T - (X V)(X V)^T
+
+   (Riemannian gradient descent on the Stiefel manifold, QR retraction, Barzilai-Borwein steps,
+   non-monotone Armijo line search; ``n_restarts`` random starts per K, the start whose
+   residual centers keep the most of their norm is kept, as in the public code). The K with the
+   lowest mean |residual correlation| is kept; the search stops when that value has risen three
+   times in a row. Every manifold is then projected onto the orthogonal complement of span(V).
+3. Per manifold: subtract its own center c, divide by ||c||, write the points in an orthonormal
+   basis of their span (D = M coordinates when N > M, else D = N), append the center coordinate 1:
+   points s~_j in R^(D+1), the columns of S~ ((D+1) x M).
+4. Draw n_t vectors T ~ N(0, I_(D+1)) and solve, exactly, for every T
+
+       F(T) = min_V ||V - T||^2   subject to   V . s~_j >= kappa  for all j.
+
+   Dual: ``min_{lambda >= 0} 1/2 lambda^T G lambda + lambda^T (S~^T T - kappa)``, G = S~^T S~,
+   V* = T + S~ lambda*. At kappa = 0 this is Moreau's decomposition,
+   F(T) = ||T||^2 - min_{lambda >= 0} ||T + S~ lambda||^2.
+   The anchor point is s~(T) = (V* - T) / (V* - T)_(D+1) (a convex combination of the points,
+   center coordinate 1); for interior T (min_j T . s~_j >= kappa, F = 0) it is the point with the
+   smallest T . s~_j. Then F(T) = [kappa - T . s~(T)]_+^2 / ||s~(T)||^2.
+5. Capacity ``alpha_M = 1 / mean_T F(T)``. Estimators of radius and dimension:
+
+   * ``estimator="public"`` (default, as the public code):
+     ``R_M = sqrt(mean_T ||s(T) - mean_T s(T)||^2)`` (D-dim parts of the anchors), and
+     ``D_M = D * (mean_T cos(t, s(T)))^2`` (t: D-dim part of T).
+   * ``estimator="textbook"`` (PRX 2018 eqs. 28-29): ``R_M^2 = mean_T ||s(T)||^2`` and
+     ``D_M = mean_T (t . s_hat(T))^2``.
+
+   Aggregates: capacity ``1 / mean_i(1/alpha_i)``; radius and dimension arithmetic means.
+
+The per-T problem is solved for all T and all manifolds at once in torch (float64, any device):
+an accelerated projected-gradient method on the Jacobi-scaled dual (momentum capped by the
+problem's condition number, gradient restart), with the KKT conditions checked for every T; T
+that do not meet them go to a primal-dual active-set (semismooth Newton) polish that solves the
+equality-constrained problem on the support exactly, and whatever still fails goes to an exact
+per-T active-set solver (Lawson-Hanson NNLS on the least-distance form, valid for every kappa),
+then to cvxopt. Every returned solution carries its verified KKT residual (relative; primal and
+dual feasibility, complementary slackness, stationarity). ``solver="cvxopt"`` is the slow oracle
+(one cvxopt QP per T, as the public code), on the same preprocessing and the same T.
+
+Example::
+
+    import numpy as np
+    from memgeo.geometry import analyze
+    rng = np.random.default_rng(0)
+    manifolds = [rng.standard_normal((50, 1000)) + 3 * rng.standard_normal(1000)
+                 for _ in range(10)]
+    res = analyze(manifolds, kappa=0.0, n_t=200, seed=0)
+    print(res.capacity, res.radius, res.dimension, res.center_correlation, res.K)
+    res.as_dict()                      # scalars, for tidy tables
+    res.per_manifold.capacity          # numpy array, one value per manifold
+
+Memory is linear in P x N x M: manifolds are processed one at a time (one (M, N) float64 copy),
+the centers take P x N, and nothing of size N x N is formed.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "GeometryResult", "PerManifold", "PerT", "Preprocessed", "SolveResult", "CenterSubspace",
+    "analyze", "preprocess", "capacity_from_points", "solve_f", "solve_f_cvxopt", "solve_f_nnls",
+    "kkt_residual", "manifold_statistics", "sample_t", "center_correlation",
+    "find_center_subspace", "RandomProjection", "random_projection",
+    "alpha_points", "alpha_segment", "alpha_ball", "f_ball", "f_simplex", "cover_fraction",
+    "simulated_capacity", "separable_fraction", "is_separable",
+]
+
+_INTERIOR_EPS = 1e-8          # ||V - T|| below this: interior T (as the public code)
+_DTYPE = torch.float64
+ESTIMATORS = ("public", "textbook")
+SOLVERS = ("batched", "cvxopt")
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PerManifold:
+    """Per-manifold numbers (numpy arrays of length P)."""
+    capacity: np.ndarray
+    radius: np.ndarray
+    dimension: np.ndarray
+    n_points: np.ndarray          # M_i as given
+    n_unique: np.ndarray          # distinct points used by the solver
+    D: np.ndarray                 # number of manifold coordinates (D_i; points live in D_i + 1)
+    center_norm: np.ndarray       # ||c_i|| after global centering and center-subspace removal
+
+
+@dataclass(frozen=True)
+class PerT:
+    """Per-T diagnostics of one manifold (n_t rows)."""
+    T: np.ndarray                 # (n_t, D+1) the Gaussian vectors
+    F: np.ndarray                 # (n_t,) F(T) = ||V* - T||^2 (0 for interior T)
+    anchors: np.ndarray           # (n_t, D+1) anchor points s~(T) (center coordinate 1)
+    interior: np.ndarray          # (n_t,) bool
+    kkt: np.ndarray               # (n_t,) verified relative KKT residual
+    stage: np.ndarray             # (n_t,) int: 1 iterative, 2 active-set polish, 3 NNLS, 4 cvxopt
+
+
+@dataclass(frozen=True)
+class GeometryResult:
+    """Result of :func:`analyze`. Scalars are aggregates over the P manifolds."""
+    capacity: float               # 1 / mean_i (1 / alpha_i)
+    radius: float                 # mean_i R_i
+    dimension: float              # mean_i D_i
+    center_correlation: float     # rho_c before the low-rank removal
+    K: int                        # rank of the removed center subspace
+    per_manifold: PerManifold
+    residual_correlation: float = float("nan")   # mean |cos| after the removal
+    kappa: float = 0.0
+    n_t: int = 200
+    seed: int = 0
+    estimator: str = "public"
+    solver: str = "batched"
+    per_t: tuple | None = None    # tuple of PerT (one per manifold) when return_per_t
+    diagnostics: dict = field(default_factory=dict)
+
+    @property
+    def P(self) -> int:
+        return int(len(self.per_manifold.capacity))
+
+    def as_dict(self) -> dict:
+        """Scalar aggregates, for tidy tables."""
+        return {
+            "capacity": float(self.capacity), "radius": float(self.radius),
+            "dimension": float(self.dimension),
+            "center_correlation": float(self.center_correlation), "K": int(self.K),
+            "residual_correlation": float(self.residual_correlation),
+            "P": self.P, "kappa": float(self.kappa), "n_t": int(self.n_t),
+        }
+
+
+@dataclass(frozen=True)
+class CenterSubspace:
+    """Outcome of the low-rank center analysis."""
+    center_correlation: float     # rho_c before removal
+    K: int                        # chosen rank (0: nothing removed)
+    basis: np.ndarray             # (N, K) orthonormal basis of the removed subspace
+    residual_correlation: float   # mean |cos| of residual centers at the chosen K
+    residual_by_K: tuple          # mean |cos| for K = 1, 2, ... as searched (index 0 is K = 1)
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """Per-manifold point sets ready for the per-T problem."""
+    S: tuple                      # S~_i, (D_i + 1, M'_i) float64 numpy (duplicates removed)
+    D: np.ndarray
+    n_points: np.ndarray
+    n_unique: np.ndarray
+    center_norm: np.ndarray
+    centers: CenterSubspace
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """Exact solutions of the per-T problems of one manifold."""
+    F: np.ndarray                 # (n,) ||V* - T||^2
+    V: np.ndarray                 # (n, D+1)
+    lam: np.ndarray               # (n, M) multipliers, V* = T + S~ lam
+    kkt: np.ndarray               # (n,) relative KKT residual (verified)
+    stage: np.ndarray             # (n,) 1 iterative, 2 active-set polish, 3 NNLS, 4 cvxopt
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+def _check_kappa(kappa) -> float:
+    try:
+        k = float(kappa)
+    except (TypeError, ValueError):
+        raise ValueError(f"kappa must be a real number, got {kappa!r}") from None
+    if not math.isfinite(k):
+        raise ValueError(f"kappa must be finite, got {kappa!r}; use a finite margin such as 0.0")
+    return k
+
+
+def _check_n_t(n_t) -> int:
+    if isinstance(n_t, bool) or not isinstance(n_t, (int, np.integer)):
+        raise ValueError(f"n_t must be a positive integer, got {n_t!r}")
+    if n_t < 1:
+        raise ValueError(f"n_t must be >= 1 (got {n_t}); 200-300 is usual, ~20000 for 0.5% error")
+    return int(n_t)
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _validate_manifolds(manifolds) -> list:
+    if isinstance(manifolds, (np.ndarray, torch.Tensor)) and manifolds.ndim == 3:
+        manifolds = [manifolds[i] for i in range(manifolds.shape[0])]
+    if not isinstance(manifolds, (list, tuple)):
+        raise ValueError("manifolds must be a list of P arrays of shape (M_i, N) "
+                         f"(samples x features), got {type(manifolds).__name__}")
+    P = len(manifolds)
+    if P < 2:
+        raise ValueError(f"need at least 2 manifolds, got {P}: capacity, the global mean and the "
+                         "center correlation are defined for P >= 2 (pass more classes)")
+    N = None
+    for i, X in enumerate(manifolds):
+        shape = tuple(X.shape) if hasattr(X, "shape") else np.shape(X)
+        if len(shape) != 2:
+            raise ValueError(f"manifold {i} has shape {shape}; expected (M_i, N) = (samples, "
+                             "features); reshape a single point to (1, N)")
+        if shape[0] < 1:
+            raise ValueError(f"manifold {i} has no points (shape {shape}); drop it")
+        if N is None:
+            N = shape[1]
+        elif shape[1] != N:
+            raise ValueError(f"manifold {i} has {shape[1]} features but manifold 0 has {N}: all "
+                             "manifolds must share the feature dimension N (same layer, same "
+                             "projection)")
+    if N < 1:
+        raise ValueError("manifolds have 0 features")
+    return list(manifolds)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact reference results (used by the tests; useful on their own)
+# --------------------------------------------------------------------------------------------
+def _Phi(x):
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def _phi(x):
+    return math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def alpha_points(kappa: float = 0.0) -> float:
+    """Capacity of points (M = 1): alpha_0(k) = 1 / [(1 + k^2) Phi(k) + k phi(k)]."""
+    k = _check_kappa(kappa)
+    return 1.0 / ((1.0 + k * k) * _Phi(k) + k * _phi(k))
+
+
+def alpha_segment(R: float) -> float:
+    """Capacity of segments (D = 1, end points at distance R from the center), kappa = 0:
+    alpha = 1 / (1/2 + (2/pi) arctan R)."""
+    return 1.0 / (0.5 + (2.0 / math.pi) * math.atan(R))
+
+
+def f_ball(T, R: float, kappa: float = 0.0) -> np.ndarray:
+    """Exact F(T) for a ball of radius R in D dims (T: (n, D+1), center coordinate last).
+
+    The feasible set is the cone v0 >= kappa + R ||v||; with r = ||t||, u = t0 - kappa:
+    0 if u >= R r; r^2 + u^2 if u <= -r/R; else (R r - u)^2 / (1 + R^2).
+    """
+    T = np.atleast_2d(np.asarray(T, dtype=np.float64))
+    r = np.linalg.norm(T[:, :-1], axis=1)
+    u = T[:, -1] - kappa
+    out = (R * r - u) ** 2 / (1.0 + R * R)
+    out = np.where(u >= R * r, 0.0, out)
+    if R > 0:
+        out = np.where(u <= -r / R, r * r + u * u, out)
+    return out
+
+
+def alpha_ball(R: float, D: int, kappa: float = 0.0) -> float:
+    """Capacity of D-dim balls of radius R (exact up to quadrature): 1 / E_T[f_ball(T)]."""
+    from scipy import integrate, stats
+    R = float(R)
+    k = _check_kappa(kappa)
+
+    def _gauss_moments(a, b):  # int_a^b (1, t, t^2) phi(t) dt
+        Pa, Pb = stats.norm.cdf(a), stats.norm.cdf(b)
+        pa, pb = stats.norm.pdf(a), stats.norm.pdf(b)
+        m0 = Pb - Pa
+        m1 = pa - pb
+        ta = a * pa if np.isfinite(a) else 0.0
+        tb = b * pb if np.isfinite(b) else 0.0
+        m2 = m0 + ta - tb
+        return m0, m1, m2
+
+    def inner(r):  # E over t0 of F given ||t|| = r; t0 = u + k with u the shifted coordinate
+        # region u <= -r/R: r^2 + u^2 ; region -r/R < u < R r: (R r - u)^2 / (1 + R^2)
+        total = 0.0
+        if R > 0:
+            a = -r / R + k  # limit in t0 = u + k
+            m0, m1, m2 = _gauss_moments(-np.inf, a)
+            # u = t0 - k: r^2 + (t0 - k)^2
+            total += r * r * m0 + m2 - 2 * k * m1 + k * k * m0
+            lo = a
+        else:
+            lo = -np.inf
+        hi = R * r + k
+        m0, m1, m2 = _gauss_moments(lo, hi)
+        c = R * r + k  # (R r - u) = (c - t0)
+        total += (c * c * m0 - 2 * c * m1 + m2) / (1.0 + R * R)
+        return total
+
+    if D == 0:
+        return 1.0 / inner(0.0)
+    chi = stats.chi(D)
+    val, _ = integrate.quad(lambda r: inner(r) * chi.pdf(r), 0.0, np.inf, limit=200,
+                            epsabs=1e-13, epsrel=1e-11)
+    return 1.0 / val
+
+
+def f_simplex(T, m: int, kappa: float = 0.0) -> np.ndarray:
+    """Exact F(T) for a regular simplex of m points with circumradius sqrt(m-1) around a unit
+    center, in the coordinates of :func:`simplex_points` (the s~_j are orthogonal with norm
+    sqrt(m), so F(T) = sum_j [kappa/sqrt(m) - s_hat_j . T]_+^2)."""
+    S = simplex_points(m)
+    T = np.atleast_2d(np.asarray(T, dtype=np.float64))
+    proj = T @ (S / math.sqrt(m))
+    return np.sum(np.maximum(kappa / math.sqrt(m) - proj, 0.0) ** 2, axis=1)
+
+
+def simplex_points(m: int) -> np.ndarray:
+    """S~ ((D+1) x m, D = m-1) of a regular simplex: m points with circumradius sqrt(m-1) around
+    a unit center; pairwise s~_j . s~_k = 0, ||s~_j||^2 = m. capacity = 2/m exactly."""
+    E = np.eye(m) - 1.0 / m                       # centered standard basis, rank m-1
+    U, s, Vt = np.linalg.svd(E)
+    coords = (U[:, : m - 1] * s[: m - 1]).T        # (m-1, m): vertex j is column j
+    coords *= math.sqrt(m - 1) / np.linalg.norm(coords[:, 0]) if m > 1 else 1.0
+    return np.vstack([coords, np.ones((1, m))])
+
+
+def cover_fraction(P: int, N: int) -> float:
+    """Cover (1965): fraction of the 2^P dichotomies of P points in general position in N dims that
+    a hyperplane through the origin separates: 2^(1-P) sum_{k<N} binom(P-1, k)."""
+    tot = sum(math.comb(P - 1, k) for k in range(0, min(N, P)))
+    return float(tot) / 2.0 ** (P - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Center correlation and low-rank center removal (Stiefel optimisation in the centers' span)
+# --------------------------------------------------------------------------------------------
+def _mean_abs_corr(Y: np.ndarray) -> float:
+    """mean_{m != n} |cos(y_m, y_n)| of the rows of Y (zero rows count as cos = 0)."""
+    P = Y.shape[0]
+    nrm = np.linalg.norm(Y, axis=1)
+    safe = np.where(nrm > 0, nrm, 1.0)
+    Yn = Y / safe[:, None]
+    C = np.abs(Yn @ Yn.T)
+    np.fill_diagonal(C, 0.0)
+    return float(C.sum() / (P * (P - 1)))
+
+
+def _centers_basis(centers: np.ndarray):
+    """Coordinates (P x r) of the centers minus their mean in an orthonormal basis (N x r)."""
+    Xb = centers - centers.mean(axis=0, keepdims=True)
+    G = Xb @ Xb.T
+    w, U = np.linalg.eigh(G)
+    w, U = w[::-1], U[:, ::-1]
+    tol = max(w[0], 0.0) * 1e-20 * Xb.shape[0] if w.size else 0.0
+    keep = w > max(tol, 1e-300)
+    # refine with an SVD of the thin matrix for accuracy (P x N, cost P^2 N)
+    if keep.any():
+        Q = Xb.T @ (U[:, keep] / np.sqrt(w[keep]))          # N x r, orthonormal up to rounding
+        Q, _ = np.linalg.qr(Q)
+        X = Xb @ Q                                            # P x r
+        # drop numerically-null directions
+        sv = np.linalg.norm(X, axis=0)
+        k2 = sv > sv.max() * 1e-10
+        return X[:, k2], Q[:, k2], Xb
+    return np.zeros((Xb.shape[0], 0)), np.zeros((Xb.shape[1], 0)), Xb
+
+
+def center_correlation(centers) -> float:
+    """rho_c = mean_{m != n} |cos(c_m, c_n)| of the P centers minus their mean (rows)."""
+    C = np.asarray(centers, dtype=np.float64)
+    if C.ndim != 2 or C.shape[0] < 2:
+        raise ValueError("centers must be a (P, N) array with P >= 2")
+    return _mean_abs_corr(C - C.mean(axis=0, keepdims=True))
+
+
+def _corr_cost_grad(V, X, XXt, diag):
+    """Cost 1/2 sum_mn C_mn^2/(C_mm C_nn), C = XX^T - (XV)(XV)^T, and its Euclidean gradient in V.
+    V: (b, r, K) stack. Returns cost (b,) (inf where a residual center vanishes), grad (b, r, K)."""
+    A = np.matmul(X, V)                                   # (b, P, K)
+    C = XXt - np.matmul(A, A.transpose(0, 2, 1))
+    c0 = diag - np.einsum("bpk,bpk->bp", A, A)
+    bad = np.any(c0 <= 0, axis=1)
+    inv = 1.0 / np.where(c0 > 0, c0, 1.0)
+    W = C * inv[:, :, None] * inv[:, None, :]
+    WC = W * C
+    cost = 0.5 * WC.sum(axis=(1, 2))
+    cost[bad] = np.inf
+    q = WC.sum(axis=2) * inv
+    dA = 2.0 * (q[:, :, None] * A - np.matmul(W, A))
+    return cost, np.matmul(X.T, dA)
+
+
+def _qr_retract(Y):
+    """Q factor with positive R diagonal (works on (r, K) or stacked (b, r, K))."""
+    Q, R = np.linalg.qr(Y)
+    s = np.sign(np.diagonal(R, axis1=-2, axis2=-1))
+    s = np.where(s == 0, 1.0, s)
+    return Q * s[..., None, :]
+
+
+def _stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6):
+    """Minimise the squared residual-correlation cost over orthonormal V, for a stack of starts.
+
+    Riemannian gradient descent (embedded metric, QR retraction) with alternating
+    Barzilai-Borwein steps and a non-monotone (Zhang-Hager) Armijo line search, vectorised over
+    the starts. V0: (b, r, K). Returns (V (b, r, K), cost (b,)).
+    """
+    XXt = X @ X.T
+    diag = np.diag(XXt).copy()
+    V = np.array(V0, dtype=np.float64, copy=True)
+    b = V.shape[0]
+
+    def rgrad(V, G):
+        VtG = np.matmul(V.transpose(0, 2, 1), G)
+        return G - np.matmul(V, 0.5 * (VtG + VtG.transpose(0, 2, 1)))
+
+    f, G = _corr_cost_grad(V, X, XXt, diag)
+    rg = rgrad(V, G)
+    gn = np.sqrt(np.einsum("brk,brk->b", rg, rg))
+    step = 1.0 / np.maximum(gn, 1e-12)
+    Cref, Qk, eta = f.copy(), np.ones(b), 0.85
+    active = np.isfinite(f)
+    for it in range(max_iter):
+        active &= gn >= gtol
+        idx = np.nonzero(active)[0]
+        if idx.size == 0:
+            break
+        pend, t = idx, step[idx].copy()
+        acc_idx, acc_t, acc_V, acc_f, acc_G = [], [], [], [], []
+        for _ in range(40):
+            Vn = _qr_retract(V[pend] - t[:, None, None] * rg[pend])
+            fn, Gn = _corr_cost_grad(Vn, X, XXt, diag)
+            ok = np.isfinite(fn) & (fn <= Cref[pend] - 1e-4 * t * gn[pend] ** 2)
+            if ok.any():
+                acc_idx.append(pend[ok]); acc_t.append(t[ok]); acc_V.append(Vn[ok])
+                acc_f.append(fn[ok]); acc_G.append(Gn[ok])
+            pend, t = pend[~ok], t[~ok] * 0.3
+            if pend.size == 0:
+                break
+        active[pend] = False                                # line search failed: stop there
+        if not acc_idx:
+            break
+        ai = np.concatenate(acc_idx)
+        ta = np.concatenate(acc_t)
+        Vn = np.concatenate(acc_V)
+        fn = np.concatenate(acc_f)
+        Gn = np.concatenate(acc_G)
+        rgn = rgrad(Vn, Gn)
+        Sd = Vn - V[ai]
+        Yd = rgn - rg[ai]
+        ss = np.einsum("brk,brk->b", Sd, Sd)
+        sy = np.abs(np.einsum("brk,brk->b", Sd, Yd))
+        yy = np.einsum("brk,brk->b", Yd, Yd)
+        bb = (ss / np.where(sy > 0, sy, 1.0)) if it % 2 == 0 else (sy / np.maximum(yy, 1e-300))
+        st = np.where(sy > 0, bb, 2.0 * ta)
+        step[ai] = np.clip(st, 1e-10, 1e10)
+        Qn = eta * Qk[ai] + 1.0
+        Cref[ai] = (eta * Qk[ai] * Cref[ai] + fn) / Qn
+        Qk[ai] = Qn
+        V[ai], f[ai], rg[ai] = Vn, fn, rgn
+        gn[ai] = np.sqrt(np.einsum("brk,brk->b", rgn, rgn))
+    return V, f
+
+
+def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
+                         min_rank: int = 1, n_restarts: int = 10, max_iter: int = 1000,
+                         gtol: float = 1e-6) -> CenterSubspace:
+    """Low-rank structure of the P manifold centers (rows of ``centers``, (P, N)).
+
+    Works in the r <= P-1 coordinates of the span of the centered centers. For K = ``min_rank``,
+    ..., K_max it minimises the squared residual correlations over orthonormal V (r x K), starting
+    ``n_restarts`` times from [random combination of centers, V_(K-1)] and keeping the start whose
+    least-preserved center keeps the largest fraction of its norm (public code's "stability").
+    K_max = min(r - 1, n95 + 10) with n95 the number of components below 95 % of the variance
+    (public: argmax + 11), so residuals keep at least one dimension; the search stops when the
+    mean |residual correlation| has risen three times in a row. The K with the lowest mean
+    |residual correlation| is chosen. P = 2 (r = 1) gives K = 0: nothing can be removed.
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    P = centers.shape[0]
+    if P < 2:
+        raise ValueError("need at least 2 centers")
+    X, Q, Xb = _centers_basis(centers)
+    rho = _mean_abs_corr(X) if X.shape[1] else _mean_abs_corr(Xb)
+    r = X.shape[1]
+    sv2 = np.sum(X * X, axis=0)
+    sv2 = np.sort(sv2)[::-1]
+    if r == 0:
+        return CenterSubspace(rho, 0, np.zeros((centers.shape[1], 0)), rho, ())
+    cum = np.cumsum(sv2) / sv2.sum()
+    n95 = int(np.sum(cum < 0.95))
+    kmax_pub = max(n95 - 1, 0) + 11
+    kmax = min(r - 1, kmax_pub if max_rank is None else int(max_rank))
+    kmin = max(int(min_rank), 0)
+    if kmax < max(kmin, 1):
+        return CenterSubspace(rho, 0, np.zeros((centers.shape[1], 0)), rho, ())
+    rng = np.random.default_rng([0, int(seed)])
+    res, Vs = [], []
+    V_prev = np.zeros((r, 0))
+    xn = np.linalg.norm(X, axis=1)
+    for K in range(1, kmax + 1):
+        nr = max(1, int(n_restarts))
+        s = rng.standard_normal((nr, P))
+        V0 = np.concatenate([(s @ X)[:, :, None], np.broadcast_to(V_prev, (nr, r, K - 1))],
+                            axis=2)
+        Vs_r, _ = _stiefel_minimize(_qr_retract(V0), X, max_iter=max_iter, gtol=gtol)
+        A = np.matmul(X, Vs_r)                                              # (nr, P, K)
+        X0n = np.sqrt(np.maximum(xn[None, :] ** 2 - np.einsum("bpk,bpk->bp", A, A), 0.0))
+        stab = np.min(X0n / np.where(xn > 0, xn, 1.0)[None, :], axis=1)
+        best = Vs_r[int(np.argmax(stab))]
+        V_prev = best
+        X0 = X - (X @ best) @ best.T
+        res.append(_mean_abs_corr(X0))
+        Vs.append(best)
+        if len(res) >= 4 and res[-1] > res[-2] > res[-3] > res[-4]:
+            break
+    cand = list(range(len(res)))
+    if kmin > 1:
+        cand = [i for i in cand if i + 1 >= kmin] or cand
+    if kmin == 0:
+        # K = 0 (no removal) competes with the searched ranks
+        best_i = int(np.argmin(res))
+        if rho <= res[best_i]:
+            return CenterSubspace(rho, 0, np.zeros((centers.shape[1], 0)), rho, tuple(res))
+    best_i = cand[int(np.argmin([res[i] for i in cand]))]
+    K = best_i + 1
+    basis = Q @ Vs[best_i]
+    return CenterSubspace(rho, K, basis, float(res[best_i]), tuple(float(v) for v in res))
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing
+# --------------------------------------------------------------------------------------------
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.dtype.kind not in "fiub":
+        raise ValueError(f"manifold features must be real numbers, got dtype {a.dtype}")
+    return a
+
+
+def _dedupe_columns(X: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each distinct row of X (exact equality).
+    Candidates come from the centered Gram matrix (squared distance ~ 0), then are compared
+    exactly."""
+    M = X.shape[0]
+    if M == 1:
+        return np.zeros(1, dtype=np.int64)
+    g = np.diagonal(gram)
+    d2 = g[:, None] + g[None, :] - 2.0 * gram
+    thr = 1e-10 * float(g.max()) + 1e-300
+    cj, ck = np.nonzero(np.triu(d2 <= thr, k=1))
+    if cj.size == 0:
+        return np.arange(M)
+    drop = set()
+    for j, k in zip(cj.tolist(), ck.tolist()):
+        if k in drop or j in drop:
+            continue
+        if np.array_equal(X[j], X[k]):
+            drop.add(k)
+    return np.array([i for i in range(M) if i not in drop], dtype=np.int64)
+
+
+def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
+               max_rank: int | None = None, min_rank: int = 1, n_restarts: int = 10,
+               basis: str = "gram", device=None) -> Preprocessed:
+    """Steps 1-3 of the method: global centering, center correlation and low-rank removal,
+    per-manifold normalisation, coordinates in a basis of the manifold's span, center coordinate.
+
+    ``basis="gram"`` (default) uses the eigenbasis of the manifold's centered Gram matrix (M x M,
+    one BLAS-3 product per manifold, all eigendecompositions batched); ``basis="qr"`` the R factor
+    of a Householder QR of the centered (N x M) points as in the public code. The two differ by a
+    rotation of the D manifold coordinates only, which leaves the law of every statistic
+    unchanged (T is isotropic). D = M when N > M (public code), else D = N.
+    Exact duplicate points are dropped after the center is computed (they change neither the
+    convex hull nor F, anchors, R or D; D stays as if they were kept).
+    Runs on the CPU in numpy (``device`` is accepted for symmetry and ignored).
+    """
+    ms = _validate_manifolds(manifolds)
+    seed = _check_seed(seed)
+    if basis not in ("gram", "qr"):
+        raise ValueError(f"basis must be 'gram' or 'qr', got {basis!r}")
+    P = len(ms)
+    N = int(ms[0].shape[1])
+    # pass 1: validity, global mean, centers
+    centers = np.empty((P, N))
+    Ms = np.zeros(P, dtype=np.int64)
+    for i, Xi in enumerate(ms):
+        X = _as_numpy(Xi)
+        s = np.add.reduce(X, axis=0, dtype=np.float64)
+        if not np.isfinite(s).all():
+            nbad = int(np.sum(~np.isfinite(X)))
+            what = f"{nbad} NaN or infinite feature values" if nbad else "values so large that " \
+                "their sum overflows"
+            raise ValueError(f"manifold {i} has {what}; remove or impute them (e.g. drop those "
+                             "samples) before the analysis")
+        Ms[i] = X.shape[0]
+        centers[i] = s / X.shape[0]
+    mu = (Ms[:, None] * centers).sum(axis=0) / float(Ms.sum())
+    C = centers - mu
+    if center_removal:
+        cs = find_center_subspace(C, seed=seed, max_rank=max_rank, min_rank=min_rank,
+                                  n_restarts=n_restarts)
+    else:
+        rho = center_correlation(C)
+        cs = CenterSubspace(rho, 0, np.zeros((N, 0)), rho, ())
+    Vb = np.ascontiguousarray(cs.basis)                                  # N x K
+    Cc = C - (C @ Vb) @ Vb.T if cs.K > 0 else C
+    cnorm = np.linalg.norm(Cc, axis=1)
+    scale = float(np.max(np.linalg.norm(C, axis=1)))
+    for i in range(P):
+        if not cnorm[i] > 1e-12 * max(scale, 1e-300):
+            raise ValueError(
+                f"manifold {i}: its center coincides with the global mean (norm {cnorm[i]:.3g} "
+                "after centering and center-subspace removal), so the center-normalised geometry "
+                "is undefined; check for a constant or duplicated class, or pass "
+                "center_removal=False")
+    coords, keeps, D_list = [None] * P, [None] * P, []
+    grams = {}
+    for i, Xi in enumerate(ms):
+        X = _as_numpy(Xi)
+        M = X.shape[0]
+        Xc = X - centers[i][None, :]
+        gram_raw = Xc @ Xc.T
+        if not np.isfinite(gram_raw).all():
+            raise ValueError(f"manifold {i}: feature values too large (squared norms overflow); "
+                             "rescale the features")
+        keeps[i] = _dedupe_columns(X, gram_raw)
+        D = M if N > M else N
+        D_list.append(D)
+        if basis == "gram":
+            gram = gram_raw
+            if cs.K > 0:
+                A = Xc @ Vb
+                gram = gram - A @ A.T
+            grams.setdefault(M, []).append((i, (0.5 / cnorm[i] ** 2) * (gram + gram.T)))
+        else:
+            Z = Xc - (Xc @ Vb) @ Vb.T if cs.K > 0 else Xc
+            Z = Z / cnorm[i]
+            coords[i] = np.linalg.qr(Z.T, mode="r") if N > M else Z.T
+    for M, items in grams.items():                                     # batched eigh per M
+        D = M if N > M else N
+        w, U = np.linalg.eigh(np.stack([g for _, g in items]))
+        w, U = w[:, ::-1][:, :D], U[:, :, ::-1][:, :, :D]
+        cs_ = (U * np.sqrt(np.maximum(w, 0.0))[:, None, :]).transpose(0, 2, 1)   # (b, D, M)
+        for (i, _), c in zip(items, cs_):
+            coords[i] = c
+    S_list, n_unique = [], []
+    for i in range(P):
+        M = int(Ms[i])
+        S = np.vstack([coords[i], np.ones((1, M))])[:, keeps[i]]
+        S_list.append(np.ascontiguousarray(S))
+        n_unique.append(len(keeps[i]))
+    return Preprocessed(tuple(S_list), np.array(D_list), Ms, np.array(n_unique), cnorm, cs)
+
+
+def sample_t(D1s: Sequence[int], n_t: int, seed: int = 0) -> list:
+    """Gaussian T vectors: for manifold i an (n_t, D1s[i]) array, from the seed sequence
+    (seed, i) only (so a manifold's T do not depend on the other manifolds)."""
+    n_t = _check_n_t(n_t)
+    seed = _check_seed(seed)
+    return [np.random.default_rng([1, seed, i]).standard_normal((n_t, int(d)))
+            for i, d in enumerate(D1s)]
+
+
+# --------------------------------------------------------------------------------------------
+# KKT verification
+# --------------------------------------------------------------------------------------------
+def kkt_residual(S, T, V, lam, kappa: float = 0.0) -> np.ndarray:
+    """Relative KKT residual of (V, lam) for min ||V-T||^2 s.t. S^T V >= kappa, per T.
+
+    With unit-norm constraint normals s_hat_j = s_j/||s_j||, mu_j = lam_j ||s_j||, slack
+    g_j = s_hat_j . V - kappa/||s_j|| and length scale l = max(||T||, ||V||, |kappa|):
+    max of  primal [-g]_+ / l,  dual [-mu]_+ / l,  complementarity mu |g| / l^2,
+    stationarity ||V - T - S lam|| / l.
+    S: (D+1, M); T, V: (n, D+1); lam: (n, M).
+    """
+    S = np.asarray(S, np.float64)
+    T = np.atleast_2d(np.asarray(T, np.float64))
+    V = np.atleast_2d(np.asarray(V, np.float64))
+    lam = np.atleast_2d(np.asarray(lam, np.float64))
+    d = np.linalg.norm(S, axis=0)
+    d = np.where(d > 0, d, 1.0)
+    g = (V @ S - kappa) / d
+    mu = lam * d
+    ell = np.maximum.reduce([np.linalg.norm(T, axis=1), np.linalg.norm(V, axis=1),
+                             np.full(T.shape[0], abs(kappa)), np.full(T.shape[0], 1e-300)])
+    prim = np.max(np.maximum(-g, 0.0), axis=1) / ell
+    dual = np.max(np.maximum(-mu, 0.0), axis=1) / ell
+    comp = np.max(np.abs(mu * g), axis=1) / ell ** 2
+    stat = np.linalg.norm(V - T - lam @ S.T, axis=1) / ell
+    return np.maximum.reduce([prim, dual, comp, stat])
+
+
+# --------------------------------------------------------------------------------------------
+# Per-T solvers
+# --------------------------------------------------------------------------------------------
+def solve_f_nnls(S, T, kappa: float = 0.0):
+    """Exact per-T solution via the least-distance form and Lawson-Hanson NNLS (any kappa).
+
+    With x = V - T: min ||x|| s.t. S_hat^T x >= h, h = kappa/||s|| - S_hat^T T. With E = [S_hat;
+    h^T] and f = e_(D+2), u = argmin_{u >= 0} ||E u - f||, rho = 1 - h.u > 0, the solution is
+    x = S_hat u / rho and mu = u / rho (Lawson & Hanson 1974, ch. 23). Returns (V, lam).
+    """
+    from scipy.optimize import nnls
+    S = np.asarray(S, np.float64)
+    T = np.atleast_2d(np.asarray(T, np.float64))
+    d = np.linalg.norm(S, axis=0)
+    d = np.where(d > 0, d, 1.0)
+    Sh = S / d
+    n, M = T.shape[0], S.shape[1]
+    Vout = np.empty_like(T)
+    lam = np.zeros((n, M))
+    f = np.zeros(S.shape[0] + 1)
+    f[-1] = 1.0
+    for i in range(n):
+        h = kappa / d - Sh.T @ T[i]
+        if np.all(h <= 0):                       # V = T feasible: interior
+            Vout[i] = T[i]
+            continue
+        E = np.vstack([Sh, h[None, :]])
+        try:
+            u, _ = nnls(E, f, maxiter=50 * M + 100)
+        except RuntimeError:
+            u, _ = nnls(E, f, maxiter=5000 * M)
+        rho = 1.0 - h @ u
+        if not rho > 0:
+            raise RuntimeError("least-distance problem reported infeasible; cannot happen for "
+                               "point sets with center coordinate 1")
+        mu = u / rho
+        lam[i] = mu / d
+        Vout[i] = T[i] + Sh @ mu
+    return Vout, lam
+
+
+_CVX_OPTS = {"show_progress": False, "maxiters": 1000, "abstol": 1e-12, "reltol": 1e-12,
+             "feastol": 1e-12}
+
+
+def solve_f_cvxopt(S, T, kappa: float = 0.0) -> SolveResult:
+    """Oracle: one cvxopt QP per T (as the public code): min 1/2 V.V - T.V s.t. -S^T V <= -kappa."""
+    from cvxopt import matrix, solvers
+    S = np.asarray(S, np.float64)
+    T = np.atleast_2d(np.asarray(T, np.float64))
+    n, D1 = T.shape
+    M = S.shape[1]
+    Pm = matrix(np.eye(D1))
+    Gm = matrix(np.ascontiguousarray(-S.T))
+    hm = matrix(np.full(M, -float(kappa)))
+    V = np.empty_like(T)
+    lam = np.zeros((n, M))
+    old = dict(solvers.options)
+    solvers.options.update(_CVX_OPTS)
+    try:
+        for i in range(n):
+            out = solvers.qp(Pm, matrix(-T[i]), Gm, hm)
+            V[i] = np.array(out["x"]).ravel()
+            lam[i] = np.array(out["z"]).ravel()
+    finally:
+        solvers.options.clear()
+        solvers.options.update(old)
+    W = V - T
+    F = np.sum(W * W, axis=1)
+    kkt = kkt_residual(S, T, V, lam, kappa)
+    return SolveResult(F, V, lam, kkt, np.full(n, 4, dtype=np.int8))
+
+
+def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every):
+    """Accelerated projected gradient on the Jacobi-scaled dual for a padded group.
+
+    Sh: (B, D1, M) unit-norm columns (padding columns zero); Tp: (B, n, D1); Tmask: (B, n) bool
+    (True for real T); d: (B, M) column norms (1 on padding). Returns mu (B, n, M) and a bool
+    (B, n) convergence mask (KKT <= tol, Gram-based check).
+    """
+    B, D1, M = Sh.shape
+    n = Tp.shape[1]
+    dev = Sh.device
+    pad = d == 0
+    Gh = torch.bmm(Sh.transpose(1, 2), Sh)
+    Gh.diagonal(dim1=1, dim2=2).copy_(torch.where(pad, 1.0, Gh.diagonal(dim1=1, dim2=2)))
+    kd = torch.where(pad, 0.0, kappa / torch.where(pad, 1.0, d))         # (B, M)
+    bh = torch.bmm(Tp, Sh) - kd[:, None, :]
+    bh = torch.where(pad[:, None, :], 1.0, bh)
+    ev = torch.linalg.eigvalsh(Gh)
+    L = ev[:, -1] * (1.0 + 1e-10)
+    q = torch.clamp(ev[:, 0] / L, min=0.0, max=1.0)
+    beta_c = ((1 - torch.sqrt(q)) / (1 + torch.sqrt(q)))[:, None]        # (B, 1)
+    negL = (-1.0 / L)[:, None, None]
+    Tn2 = (Tp * Tp).sum(-1)                                                # (B, n)
+    k2 = kappa * kappa
+    # warm start: exact when the constraint normals are orthogonal (G_hat = I)
+    x = torch.clamp(-bh, min=0.0)
+    y = x.clone()
+    t = torch.ones((B, n), dtype=_DTYPE, device=dev)
+    out = torch.zeros_like(x)
+    conv = ~Tmask.clone()
+    active = torch.arange(B, device=dev)
+    # working views over the active manifolds
+    for it in range(1, max_iter + 1):
+        g = torch.baddbmm(bh, y, Gh)
+        xn = torch.addcmul(y, g, negL).clamp_min_(0.0)
+        dlt = xn - x
+        rs = (g * dlt).sum(-1) > 0
+        tn = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+        beta = torch.minimum((t - 1.0) / tn, beta_c)
+        beta = torch.where(rs, 0.0, beta)
+        tn = torch.where(rs, 1.0, tn)
+        y = torch.addcmul(xn, beta[..., None], dlt)
+        x, t = xn, tn
+        if it % check_every == 0 or it == max_iter:
+            slack = torch.baddbmm(bh, x, Gh)
+            vn2 = Tn2[active] + (x * (bh + slack)).sum(-1) + 2.0 * (x * kd[active][:, None, :]).sum(-1)
+            ell2 = torch.clamp(torch.maximum(torch.maximum(Tn2[active], vn2),
+                                             torch.full_like(vn2, k2)), min=1e-300)
+            prim = torch.clamp(-slack, min=0.0).amax(-1) / torch.sqrt(ell2)
+            comp = (x * slack.abs()).amax(-1) / ell2
+            res = torch.maximum(prim, comp)
+            ok = (res <= tol) & ~conv[active]
+            if bool(ok.any()):
+                sub = out[active]
+                sub = torch.where(ok[..., None], x, sub)
+                out[active] = sub
+                cv = conv[active] | ok
+                conv[active] = cv
+            else:
+                cv = conv[active]
+            done = cv.all(dim=1)
+            if bool(done.all()):
+                break
+            if bool(done.any()):
+                keep = ~done
+                active = active[keep]
+                Gh, bh, x, y, t = Gh[keep], bh[keep], x[keep], y[keep], t[keep]
+                negL, beta_c = negL[keep], beta_c[keep]
+    # unconverged: hand back the last iterate
+    if active.numel():
+        sub = out[active]
+        out[active] = torch.where(conv[active][..., None], sub, x)
+    return out, conv
+
+
+def _pdas(Gs, bs, x0, valid, Tn2, kd, tol, max_iter=30):
+    """Primal-dual active set (semismooth Newton) on gathered dual problems.
+
+    Gs: (B, M, M) scaled Gram (unit diagonal), bs, x0, kd: (B, M), valid: (B, M) bool, Tn2: (B,).
+    Solves the equality-constrained problem on the support exactly each step.
+    Returns x (B, M) and the KKT residual (B,) of the final iterate (Gram-based).
+    """
+    B, M = bs.shape
+    eye = torch.eye(M, dtype=_DTYPE, device=Gs.device)
+    x = x0.clone()
+    res = torch.full((B,), float("inf"), dtype=_DTYPE, device=Gs.device)
+    done = torch.zeros(B, dtype=torch.bool, device=Gs.device)
+    slack = torch.einsum("bij,bj->bi", Gs, x) + bs
+    A = ((x - slack) > 0) & valid
+    best_x = x.clone()
+    for _ in range(max_iter):
+        idx = torch.nonzero(~done).flatten()
+        if idx.numel() == 0:
+            break
+        Ai = A[idx].to(_DTYPE)
+        Mi = Gs[idx] * Ai[:, :, None] * Ai[:, None, :] + torch.diag_embed(1.0 - Ai)
+        rhs = (-bs[idx] * Ai)[..., None]
+        Lc, info = torch.linalg.cholesky_ex(Mi)
+        sol = torch.empty_like(rhs)
+        okc = info == 0
+        if bool(okc.any()):
+            sol[okc] = torch.cholesky_solve(rhs[okc], Lc[okc])
+        if bool((~okc).any()):
+            sol[~okc] = torch.linalg.pinv(Mi[~okc], hermitian=True) @ rhs[~okc]
+        xi = sol[..., 0] * Ai
+        si = torch.einsum("bij,bj->bi", Gs[idx], xi) + bs[idx]
+        vn2 = Tn2[idx] + (xi * (bs[idx] + si)).sum(-1) + 2.0 * (xi * kd[idx]).sum(-1)
+        ell2 = torch.clamp(torch.maximum(Tn2[idx], vn2), min=1e-300)
+        ell = torch.sqrt(ell2)
+        prim = torch.clamp(-si, min=0.0).amax(-1) / ell
+        dual = torch.clamp(-xi, min=0.0).amax(-1) / ell
+        comp = (xi * si).abs().amax(-1) / ell2
+        r = torch.maximum(torch.maximum(prim, dual), comp)
+        better = r < res[idx]
+        res[idx] = torch.where(better, r, res[idx])
+        best_x[idx] = torch.where(better[:, None], xi, best_x[idx])
+        newA = ((xi - si) > 0) & valid[idx]
+        stuck = (newA == A[idx]).all(-1)
+        A[idx] = newA
+        done[idx] = (r <= tol) | stuck
+    return best_x, res
+
+
+def _group_indices(Ms, n_list, budget=4_000_000):
+    order = np.argsort(Ms, kind="stable")
+    groups, cur = [], []
+    for i in order:
+        if cur:
+            Mmax = max(Ms[j] for j in cur + [i])
+            nmax = max(n_list[j] for j in cur + [i])
+            too_wide = Ms[i] > 1.5 * Ms[cur[0]] + 8
+            if too_wide or (len(cur) + 1) * Mmax * nmax > budget:
+                groups.append(cur)
+                cur = []
+        cur.append(int(i))
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
+            max_iter: int = 300, check_every: int = 8, accept_tol: float = 1e-9):
+    """Batched exact solver of F(T) = min ||V - T||^2 s.t. V . s~_j >= kappa.
+
+    ``S``: (D+1, M) array or a list of them; ``T``: (n, D+1) array or a list (one per S).
+    Returns a :class:`SolveResult` (or a list). Every T's KKT residual is computed explicitly
+    (V = T + S lam, slacks S^T V) and must be <= ``tol`` for the fast stages; solutions from the
+    exact fallbacks must be <= ``accept_tol`` (else a RuntimeWarning; the residual is returned).
+    """
+    kappa = _check_kappa(kappa)
+    single = isinstance(S, (np.ndarray, torch.Tensor)) and np.ndim(S) == 2
+    S_list = [np.asarray(S, np.float64)] if single else [np.asarray(s, np.float64) for s in S]
+    T_list = ([np.atleast_2d(np.asarray(T, np.float64))] if single
+              else [np.atleast_2d(np.asarray(t, np.float64)) for t in T])
+    if len(S_list) != len(T_list):
+        raise ValueError("S and T lists must have the same length")
+    for i, (s, t) in enumerate(zip(S_list, T_list)):
+        if s.ndim != 2 or t.shape[1] != s.shape[0]:
+            raise ValueError(f"problem {i}: T has {t.shape[1]} coordinates but S~ has "
+                             f"{s.shape[0]} rows; both must be D+1")
+        if not (np.isfinite(s).all() and np.isfinite(t).all()):
+            raise ValueError(f"problem {i}: non-finite values in S~ or T")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    Ms = np.array([s.shape[1] for s in S_list])
+    ns = np.array([t.shape[0] for t in T_list])
+    results = [None] * len(S_list)
+    for grp in _group_indices(Ms, ns):
+        B = len(grp)
+        Mmax = int(max(Ms[i] for i in grp))
+        D1max = int(max(S_list[i].shape[0] for i in grp))
+        nmax = int(max(ns[i] for i in grp))
+        Sp = np.zeros((B, D1max, Mmax))
+        Tp = np.zeros((B, nmax, D1max))
+        Tmask = np.zeros((B, nmax), dtype=bool)
+        for b, i in enumerate(grp):
+            s, t = S_list[i], T_list[i]
+            Sp[b, : s.shape[0], : s.shape[1]] = s
+            Tp[b, : t.shape[0], : t.shape[1]] = t
+            Tmask[b, : t.shape[0]] = True
+        Sp_t = torch.from_numpy(Sp).to(dev)
+        Tp_t = torch.from_numpy(Tp).to(dev)
+        Tm_t = torch.from_numpy(Tmask).to(dev)
+        d = torch.linalg.norm(Sp_t, dim=1)                                # (B, M), 0 on padding
+        Sh = Sp_t / torch.where(d > 0, d, 1.0)[:, None, :]
+        mu, conv = _fista_group(Sh, Tp_t, Tm_t, d, kappa, tol, max_iter, check_every)
+        stage = torch.where(conv, 1, 0).to(torch.int8)
+        pad = d == 0
+        kd = torch.where(pad, 0.0, kappa / torch.where(pad, 1.0, d))
+        # polish the unconverged with the active-set method (chunks bound the memory)
+        todo = torch.nonzero(~conv & Tm_t)
+        if todo.numel():
+            chunk = max(1, 4_000_000 // (Mmax * Mmax))
+            for c0 in range(0, todo.shape[0], chunk):
+                bi, ti = todo[c0:c0 + chunk, 0], todo[c0:c0 + chunk, 1]
+                Shb = Sh[bi]
+                Gs = torch.bmm(Shb.transpose(1, 2), Shb)
+                Gs.diagonal(dim1=1, dim2=2).copy_(
+                    torch.where(pad[bi], 1.0, Gs.diagonal(dim1=1, dim2=2)))
+                bs = torch.einsum("bk,bkm->bm", Tp_t[bi, ti], Shb) - kd[bi]
+                bs = torch.where(pad[bi], 1.0, bs)
+                Tn2 = (Tp_t[bi, ti] ** 2).sum(-1)
+                xs, _ = _pdas(Gs, bs, mu[bi, ti], ~pad[bi], Tn2, kd[bi], tol)
+                mu[bi, ti] = xs
+                stage[bi, ti] = 2
+        # explicit verification for every T
+        W = torch.bmm(mu, Sh.transpose(1, 2))                              # S_hat mu, (B, n, D1)
+        V = Tp_t + W
+        g = torch.bmm(V, Sh) - kd[:, None, :]
+        g = torch.where(pad[:, None, :], 1.0, g)
+        ell = torch.clamp(torch.maximum(torch.maximum(torch.linalg.norm(Tp_t, dim=-1),
+                                                      torch.linalg.norm(V, dim=-1)),
+                                        torch.full_like(V[..., 0], abs(kappa))), min=1e-300)
+        prim = torch.clamp(-g, min=0.0).amax(-1) / ell
+        dual = torch.clamp(-mu, min=0.0).amax(-1) / ell
+        comp = (mu * g).abs().amax(-1) / ell ** 2
+        kkt = torch.maximum(torch.maximum(prim, dual), comp)
+        lam = mu / torch.where(pad, 1.0, d)[:, None, :]
+        V_np, W_np, lam_np = V.cpu().numpy(), W.cpu().numpy(), lam.cpu().numpy()
+        kkt_np, stage_np = kkt.cpu().numpy(), stage.cpu().numpy()
+        for b, i in enumerate(grp):
+            n_i, M_i, D1_i = ns[i], Ms[i], S_list[i].shape[0]
+            Vi = V_np[b, :n_i, :D1_i].copy()
+            Wi = W_np[b, :n_i, :D1_i].copy()
+            li = lam_np[b, :n_i, :M_i].copy()
+            ki = kkt_np[b, :n_i].copy()
+            st = stage_np[b, :n_i].copy()
+            bad = np.nonzero(~(ki <= tol))[0]
+            if bad.size:
+                Vb, lb = solve_f_nnls(S_list[i], T_list[i][bad], kappa)
+                kb = kkt_residual(S_list[i], T_list[i][bad], Vb, lb, kappa)
+                Vi[bad], li[bad], ki[bad], st[bad] = Vb, lb, kb, 3
+                Wi[bad] = lb @ S_list[i].T
+                worse = bad[~(kb <= accept_tol)]
+                if worse.size:
+                    cv = solve_f_cvxopt(S_list[i], T_list[i][worse], kappa)
+                    better = cv.kkt < ki[worse]
+                    wb = worse[better]
+                    Vi[wb], li[wb], ki[wb], st[wb] = cv.V[better], cv.lam[better], \
+                        cv.kkt[better], 4
+                    Wi[wb] = Vi[wb] - T_list[i][wb]
+                    if np.any(~(ki[worse] <= accept_tol)):
+                        warnings.warn(f"per-T problem {i}: {int(np.sum(~(ki[worse] <= accept_tol)))}"
+                                      f" T with KKT residual up to {np.nanmax(ki[worse]):.2e} > "
+                                      f"{accept_tol:g} after all fallbacks", RuntimeWarning)
+            F = np.sum(Wi * Wi, axis=1)
+            results[i] = SolveResult(F, Vi, li, ki, st)
+    return results[0] if single else results
+
+
+# --------------------------------------------------------------------------------------------
+# Anchors and per-manifold statistics
+# --------------------------------------------------------------------------------------------
+def manifold_statistics(S, T, V, kappa: float = 0.0, estimator: str = "public") -> dict:
+    """Capacity, radius and dimension of one manifold from its per-T solutions.
+
+    Interior T (min_j T.s~_j >= kappa, or ||V - T|| < 1e-8 as in the public code) contribute
+    F = 0 and take the point with the smallest T.s~_j as anchor; the others the anchor
+    (V - T)/(V - T)_(D+1). Returns dict(capacity, radius, dimension, F, anchors, interior).
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    S = np.asarray(S, np.float64)
+    T = np.atleast_2d(np.asarray(T, np.float64))
+    V = np.atleast_2d(np.asarray(V, np.float64))
+    D = S.shape[0] - 1
+    W = V - T
+    F = np.sum(W * W, axis=1)
+    ts = T @ S
+    jmin = np.argmin(ts, axis=1)
+    interior = (ts[np.arange(T.shape[0]), jmin] >= kappa) | (np.sqrt(F) < _INTERIOR_EPS)
+    last = W[:, -1]
+    safe_last = np.where(interior | (last == 0), 1.0, last)
+    anchors = np.where(interior[:, None], S[:, jmin].T, W / safe_last[:, None])
+    F = np.where(interior, 0.0, F)
+    mF = float(np.mean(F))
+    capacity = 1.0 / mF if mF > 0 else float("inf")
+    sD = anchors[:, :D]
+    tD = T[:, :D]
+    s_norm = np.sqrt(np.sum(sD * sD, axis=1) + 1e-12)
+    s_hat = sD / s_norm[:, None]
+    if estimator == "public":
+        ds = sD - sD.mean(axis=0, keepdims=True)
+        radius = float(np.sqrt(np.mean(np.sum(ds * ds, axis=1))))
+        t_norm = np.linalg.norm(tD, axis=1)
+        t_hat = tD / np.where(t_norm > 0, t_norm, 1.0)[:, None]
+        dimension = float(D * np.mean(np.sum(t_hat * s_hat, axis=1)) ** 2)
+    else:
+        radius = float(np.sqrt(np.mean(np.sum(sD * sD, axis=1))))
+        dimension = float(np.mean(np.sum(tD * s_hat, axis=1) ** 2))
+    return {"capacity": capacity, "radius": radius, "dimension": dimension, "F": F,
+            "anchors": anchors, "interior": interior}
+
+
+def capacity_from_points(S, *, kappa: float = 0.0, T=None, n_t: int = 200, seed: int = 0,
+                         estimator: str = "public", solver: str = "batched", device=None,
+                         return_per_t: bool = False) -> dict:
+    """Steps 4-5 on already-normalised point sets, bypassing centering and center removal.
+
+    ``S``: one (D+1) x M array S~ (center coordinate 1 in the last row) or a list of them;
+    ``T``: optional (n, D+1) array or list of them (default: :func:`sample_t` with n_t, seed).
+    Returns dict(capacity, radius, dimension: numpy arrays per manifold; capacity_total:
+    1/mean(1/alpha); per_t: list of PerT if requested; solve: list of SolveResult).
+    """
+    kappa = _check_kappa(kappa)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    single = isinstance(S, (np.ndarray, torch.Tensor)) and np.ndim(S) == 2
+    S_list = [np.asarray(S, np.float64)] if single else [np.asarray(s, np.float64) for s in S]
+    for i, s in enumerate(S_list):
+        if s.ndim != 2 or s.shape[1] < 1:
+            raise ValueError(f"point set {i} must be a (D+1, M) array with M >= 1")
+        if not np.isfinite(s).all():
+            raise ValueError(f"point set {i} has non-finite values")
+    if T is None:
+        T_list = sample_t([s.shape[0] for s in S_list], n_t, seed)
+    else:
+        T_list = [np.atleast_2d(np.asarray(T, np.float64))] if (single or np.ndim(T) == 2) \
+            else [np.atleast_2d(np.asarray(t, np.float64)) for t in T]
+        if len(T_list) == 1 and len(S_list) > 1:
+            T_list = T_list * len(S_list)
+    if solver == "batched":
+        sols = solve_f(S_list, T_list, kappa, device=device)
+    else:
+        sols = [solve_f_cvxopt(s, t, kappa) for s, t in zip(S_list, T_list)]
+    caps, rads, dims, per_t = [], [], [], []
+    for s, t, sol in zip(S_list, T_list, sols):
+        st = manifold_statistics(s, t, sol.V, kappa, estimator)
+        caps.append(st["capacity"])
+        rads.append(st["radius"])
+        dims.append(st["dimension"])
+        if return_per_t:
+            per_t.append(PerT(t, st["F"], st["anchors"], st["interior"], sol.kkt, sol.stage))
+    caps = np.array(caps)
+    inv = np.where(np.isinf(caps), 0.0, 1.0 / caps)
+    out = {"capacity": caps, "radius": np.array(rads), "dimension": np.array(dims),
+           "capacity_total": (1.0 / inv.mean()) if inv.mean() > 0 else float("inf"),
+           "solve": sols}
+    if return_per_t:
+        out["per_t"] = per_t
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Full analysis
+# --------------------------------------------------------------------------------------------
+def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, device=None,
+            return_per_t: bool = False, estimator: str = "public", solver: str = "batched",
+            center_removal: bool = True, max_rank: int | None = None, min_rank: int = 1,
+            n_restarts: int = 10, basis: str = "gram") -> GeometryResult:
+    """Mean-field manifold analysis of P manifolds (list of (M_i, N) arrays, numpy or torch).
+
+    Parameters
+    ----------
+    kappa : margin (any finite real; 0 is the usual choice).
+    n_t : Gaussian T vectors per manifold (MC error of the capacity ~5 % at 200).
+    seed : fixes the T vectors and the center-subspace search.
+    device : torch device for the batched solver and the Gram products (default CPU).
+    return_per_t : keep per-T diagnostics (T, F(T), anchors, KKT residual) in ``per_t``.
+    estimator : "public" (default; radius from the anchors' spread, D * mean(cos)^2) or
+        "textbook" (R^2 = mean ||s||^2, D = mean (t.s_hat)^2).
+    solver : "batched" (default) or "cvxopt" (oracle: one QP per T, same preprocessing and T).
+    center_removal : remove the low-rank center subspace (K >= min_rank when P >= 3).
+    max_rank, min_rank, n_restarts : limits of the K search (min_rank=0 lets K = 0 compete).
+    basis : "gram" (default) or "qr" manifold coordinates (same law of every statistic).
+
+    Manifolds with one point (M = 1) are valid: S~ = [[0], [1]], giving the point capacity
+    alpha_0(kappa), R = 0 and D = 0. Exact duplicate points are used once. A manifold whose
+    F(T) = 0 for every T has capacity inf (it contributes 0 to mean(1/alpha)).
+    """
+    kappa = _check_kappa(kappa)
+    n_t = _check_n_t(n_t)
+    seed = _check_seed(seed)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    pre = preprocess(manifolds, center_removal=center_removal, seed=seed, max_rank=max_rank,
+                     min_rank=min_rank, n_restarts=n_restarts, basis=basis, device=device)
+    T_list = sample_t([s.shape[0] for s in pre.S], n_t, seed)
+    out = capacity_from_points(list(pre.S), kappa=kappa, T=T_list, estimator=estimator,
+                               solver=solver, device=device, return_per_t=return_per_t)
+    caps = out["capacity"]
+    pm = PerManifold(caps, out["radius"], out["dimension"], pre.n_points, pre.n_unique, pre.D,
+                     pre.center_norm)
+    stages = np.concatenate([s.stage for s in out["solve"]])
+    kkts = np.concatenate([s.kkt for s in out["solve"]])
+    diag = {"max_kkt": float(np.max(kkts)),
+            "n_stage": {int(k): int(np.sum(stages == k)) for k in np.unique(stages)},
+            "residual_by_K": pre.centers.residual_by_K}
+    return GeometryResult(
+        capacity=float(out["capacity_total"]), radius=float(np.mean(out["radius"])),
+        dimension=float(np.mean(out["dimension"])),
+        center_correlation=float(pre.centers.center_correlation), K=int(pre.centers.K),
+        per_manifold=pm, residual_correlation=float(pre.centers.residual_correlation),
+        kappa=kappa, n_t=n_t, seed=seed, estimator=estimator, solver=solver,
+        per_t=tuple(out["per_t"]) if return_per_t else None, diagnostics=diag)
+
+
+# --------------------------------------------------------------------------------------------
+# Random projection
+# --------------------------------------------------------------------------------------------
+class RandomProjection:
+    """Fixed Gaussian projection R^n_in -> R^n_out with unit-norm rows, determined by the seed.
+
+    Identity when n_in <= n_out. The matrix is generated in fixed column blocks from
+    (seed, block) so it is the same whatever the input's batch size, on every call, for every
+    epoch and manifold type; it is cached when it takes at most ``cache_bytes``, otherwise
+    regenerated block by block on each call (memory O(n_out x block)).
+
+    Example: ``proj = RandomProjection(65536, 5000, seed=0); Y = proj(X)  # X (M, 65536)``
+    """
+    _BLOCK = 4096
+
+    def __init__(self, n_in: int, n_out: int = 5000, seed: int = 0, *, dtype=torch.float32,
+                 device=None, cache_bytes: int = 512 * 2 ** 20):
+        if int(n_in) < 1 or int(n_out) < 1:
+            raise ValueError("n_in and n_out must be positive")
+        self.n_in, self.n_out, self.seed = int(n_in), int(n_out), _check_seed(seed)
+        self.dtype, self.device = dtype, torch.device(device) if device is not None else None
+        self.identity = self.n_in <= self.n_out
+        self._cache = None
+        self._inv_norm = None
+        nbytes = self.n_in * self.n_out * torch.tensor([], dtype=dtype).element_size()
+        self._cacheable = nbytes <= cache_bytes
+
+    def _block(self, k: int) -> torch.Tensor:
+        c0 = k * self._BLOCK
+        c1 = min(self.n_in, c0 + self._BLOCK)
+        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + k + 17)
+        return torch.randn((self.n_out, c1 - c0), generator=g, dtype=torch.float64).to(self.dtype)
+
+    def _blocks(self):
+        nb = (self.n_in + self._BLOCK - 1) // self._BLOCK
+        if self._cache is not None:
+            yield from enumerate(self._cache)
+            return
+        cache = [] if self._cacheable else None
+        sq = torch.zeros(self.n_out, dtype=torch.float64) if self._inv_norm is None else None
+        for k in range(nb):
+            W = self._block(k)
+            if sq is not None:
+                sq += (W.double() ** 2).sum(dim=1)
+            if cache is not None:
+                cache.append(W)
+            yield k, W
+        if sq is not None:
+            self._inv_norm = (1.0 / torch.sqrt(sq)).to(self.dtype)
+        if cache is not None:
+            self._cache = cache
+
+    def _ensure_norms(self):
+        if self._inv_norm is None:
+            for _ in self._blocks():
+                pass
+
+    def matrix(self) -> np.ndarray:
+        """The dense (n_out, n_in) matrix (identity when n_in <= n_out)."""
+        if self.identity:
+            return np.eye(self.n_in)
+        self._ensure_norms()
+        return (torch.cat([W for _, W in self._blocks()], dim=1) * self._inv_norm[:, None]).numpy()
+
+    def __call__(self, X):
+        """Project (M, n_in) features to (M, n_out); numpy in, numpy out; torch in, torch out."""
+        is_np = not isinstance(X, torch.Tensor)
+        Xt = torch.as_tensor(np.asarray(X)) if is_np else X
+        if Xt.ndim != 2 or Xt.shape[1] != self.n_in:
+            raise ValueError(f"expected an (M, {self.n_in}) array, got {tuple(Xt.shape)}")
+        if self.identity:
+            return X
+        self._ensure_norms()
+        dev = self.device or Xt.device
+        Xd = Xt.to(device=dev, dtype=self.dtype)
+        Y = torch.zeros((Xd.shape[0], self.n_out), dtype=self.dtype, device=dev)
+        for k, W in self._blocks():
+            c0 = k * self._BLOCK
+            Y += Xd[:, c0:c0 + W.shape[1]] @ W.to(dev).T
+        Y *= self._inv_norm.to(dev)[None, :]
+        return Y.cpu().numpy() if is_np else Y
+
+
+def random_projection(n_in: int, n_out: int = 5000, seed: int = 0, **kw) -> RandomProjection:
+    """A :class:`RandomProjection` (callable on (M, n_in) arrays; identity if n_in <= n_out)."""
+    return RandomProjection(n_in, n_out, seed, **kw)
+
+
+def __getattr__(name):   # simulated capacity lives in memgeo.simcap; re-exported lazily
+    if name in ("simulated_capacity", "separable_fraction", "is_separable", "SimulatedCapacity"):
+        from memgeo import simcap
+        return getattr(simcap, name)
+    raise AttributeError(name)
