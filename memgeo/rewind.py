@@ -1,0 +1,653 @@
+"""Rewinding layers of a memorized model to an earlier checkpoint (paper Fig. 4; Maini et al.).
+
+Take the final model of a run, replace the parameters and buffers of chosen layers by those of an
+earlier checkpoint, and evaluate. Two forms:
+
+- ``single``: layer l alone is rewound;
+- ``cumulative``: every layer from l to the output is rewound (l = the first block: the whole
+  model, which is exactly checkpoint e).
+
+BatchNorm (``bn``):
+- ``"rewind"`` (default): a BatchNorm's affine parameters *and* running statistics travel with the
+  layer that owns them (they are buffers named ``blocks.<layer>.…``);
+- ``"recompute"``: after rewinding, the running mean and variance of every BatchNorm at or after the
+  first rewound layer (their inputs changed) are set to the exact mean and (unbiased) variance of
+  their input over the whole training subset, module by module in forward order, with the network in
+  eval mode. BatchNorms before the first rewound layer see unchanged inputs and keep their
+  statistics; rewinding nothing therefore changes nothing in either mode.
+
+Evaluation is `train.evaluate`'s four accuracies (test; permuted examples against their training
+labels = memorization, and against their true labels; unpermuted examples). A sweep over
+(layer, mode, epoch) caches the final model's inputs to each block (within a memory budget), so a
+rewind of layer l only re-runs the blocks from l on; its predictions equal `train.evaluate` on the
+same rewound model (tested).
+
+Results are a tidy table cached in ``runs/<hash>/rewind/<settings hash>.csv`` (atomic writes,
+resumed per epoch from a ``.partial.csv``).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .data import LabelledData
+from .models import BlockNet
+from .train import (CheckpointError, Run, _autocast, atomic_write_text, evaluate,
+                    resolve_device)
+
+BN_OPTIONS = ("rewind", "recompute")
+MODES = ("single", "cumulative")
+METRICS = ("acc_test", "acc_permuted_train", "acc_permuted_true", "acc_unpermuted")
+TABLE_COLUMNS = ["layer", "layer_index", "mode", "epoch", "bn", "final_epoch", "rewound", *METRICS]
+REWIND_VERSION = 1      # bump when the numbers a settings hash stands for change
+
+
+class RewindError(ValueError):
+    """A layer, mode or BatchNorm option that rewinding cannot use; the message names what exists."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+def rewindable_layers(model: BlockNet) -> list[str]:
+    """Blocks that own parameters or buffers, in order ("input" has none)."""
+    owners = {model.block_of(k) for k in model.state_dict()}
+    return [name for name in model.blocks if name in owners]
+
+
+def check_layer(model: BlockNet, layer: str) -> str:
+    names = rewindable_layers(model)
+    if layer in names:
+        return layer
+    if layer == "input":
+        raise RewindError(f"layer 'input' is the image and has no parameters to rewind; "
+                          f"rewindable layers of this {model.arch}: {', '.join(names)}")
+    raise RewindError(f"no layer {layer!r} in this {model.arch}; rewindable layers: {', '.join(names)}")
+
+
+def layers_for(model: BlockNet, layer: str | None, mode: str = "single") -> list[str]:
+    """The layers rewound for `layer` in `mode`: [layer] (single) or layer..output (cumulative).
+
+    `layer=None` rewinds nothing."""
+    if mode not in MODES:
+        raise RewindError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if layer is None:
+        return []
+    check_layer(model, layer)
+    names = rewindable_layers(model)
+    return [layer] if mode == "single" else names[names.index(layer):]
+
+
+def _check_bn(bn: str) -> None:
+    if bn not in BN_OPTIONS:
+        raise RewindError(f"unknown bn={bn!r}: choose one of {', '.join(BN_OPTIONS)} "
+                          f"(rewind: statistics travel with the layer; recompute: re-estimated on training data)")
+
+
+def _layers_of_state(state: Mapping, block_of) -> list[str]:
+    seen = []
+    for k in state:
+        b = block_of(k) if k.startswith("blocks.") else k
+        if b not in seen:
+            seen.append(b)
+    return seen
+
+
+def check_compatible(model: BlockNet, state: Mapping, source: str = "the checkpoint") -> None:
+    """Fail clearly when `state` was saved from another architecture or width than `model`."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or shapes:
+        detail = []
+        if missing or extra:
+            detail.append(f"the model has layers {rewindable_layers(model)}, {source} has "
+                          f"{_layers_of_state(state, model.block_of)}")
+        if missing:
+            detail.append(f"missing from {source}: {missing[:3]}{' …' if len(missing) > 3 else ''}")
+        if extra:
+            detail.append(f"not in the model: {extra[:3]}{' …' if len(extra) > 3 else ''}")
+        if shapes:
+            detail.append("shape mismatch: " + ", ".join(
+                f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:3]))
+        raise CheckpointError(f"{source} does not fit this {model.arch}: " + "; ".join(detail) +
+                              ". It was saved from another architecture or width.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewinding one model
+
+def rewound_state(model: BlockNet, source: Mapping, layers) -> dict:
+    """`model`'s state dict with every parameter and buffer of `layers` taken from `source`."""
+    layers = set(layers)
+    for layer in layers:
+        check_layer(model, layer)
+    check_compatible(model, source)
+    own = model.state_dict()
+    return {k: (source[k].detach().to(v.device).clone() if model.block_of(k) in layers else v.detach().clone())
+            for k, v in own.items()}
+
+
+def rewind_model(model: BlockNet, source, layers, bn: str = "rewind", data: LabelledData | None = None,
+                 batch_size: int = 128) -> BlockNet:
+    """A copy of `model` (in eval mode) whose `layers` hold `source`'s parameters and buffers.
+
+    `source` is a state dict or a model of the same architecture. With bn="recompute" the
+    BatchNorm statistics from the first rewound layer on are re-estimated on `data`'s training
+    images (see the module docstring)."""
+    _check_bn(bn)
+    if isinstance(source, nn.Module):
+        source = source.state_dict()
+    layers = list(layers)
+    state = rewound_state(model, source, layers)
+    out = copy.deepcopy(model)
+    out.load_state_dict(state)
+    out.eval()
+    if bn == "recompute" and layers:
+        if data is None:
+            raise RewindError("bn='recompute' needs the training data: pass data=run.load_data()")
+        recompute_bn_stats(out, data, layers=layers, batch_size=batch_size)
+    return out
+
+
+def rewind_run(run: Run, layer: str | None, epoch: int, mode: str = "single", bn: str = "rewind",
+               final_epoch: int | None = None, data: LabelledData | None = None, device=None) -> BlockNet:
+    """The run's final model with `layer` (single) or `layer`..output (cumulative) rewound to `epoch`."""
+    device = device or resolve_device(run.config.device)
+    final_epoch = run.config.epochs if final_epoch is None else final_epoch
+    _check_epochs(run, [epoch, final_epoch])
+    final = run.load_model(final_epoch, device)
+    layers = layers_for(final, layer, mode)
+    if bn == "recompute" and data is None:
+        data = run.load_data(device)
+    return rewind_model(final, run.load_state(epoch), layers, bn, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block inputs of a fixed model, and BatchNorm statistics
+
+class _Stop(Exception):
+    pass
+
+
+class BlockInputs:
+    """Inputs to each block of a fixed model on the training and test images, in the batches that
+    `train.predict` uses. Inputs of the deepest blocks are kept in memory up to `budget_bytes`;
+    others are recomputed from the nearest kept block (or the images) when asked for."""
+
+    def __init__(self, model: BlockNet, data: LabelledData, batch_size: int = 128, budget_bytes: int = 0):
+        self.model, self.data, self.batch_size = model, data, batch_size
+        self.names = list(model.blocks)
+        self.device = next(model.parameters()).device
+        self.kept: dict[str, dict[str, list[torch.Tensor]]] = {}
+        if budget_bytes <= 0:
+            return
+        sizes = self._bytes_per_example()
+        n = len(data.x_train) + len(data.x_test)
+        chosen, total = set(), 0
+        for name in reversed(self.names):
+            if total + sizes[name] * n > budget_bytes:
+                break
+            chosen.add(name)
+            total += sizes[name] * n
+        if chosen:
+            self.kept = {name: {"train": [], "test": []} for name in chosen}
+            for split in ("train", "test"):
+                for xb in self._images(split):
+                    with torch.no_grad(), _autocast(self.device):
+                        h = xb
+                        for name, block in model.blocks.items():
+                            if name in chosen:
+                                self.kept[name][split].append(h)
+                            h = block(h)
+
+    def _images(self, split: str):
+        x = self.data.x_train if split == "train" else self.data.x_test
+        for i in range(0, len(x), self.batch_size):
+            yield self.data.normalise(x[i:i + self.batch_size].to(self.device)).contiguous(
+                memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def _bytes_per_example(self) -> dict[str, int]:
+        out = {}
+        with _autocast(self.device):
+            h = next(self._images("test"))[:1]
+            for name, block in self.model.blocks.items():
+                out[name] = h.element_size() * h.numel()
+                h = block(h)
+        return out
+
+    def batches(self, layer: str, split: str):
+        """Batches of the input to `layer` (as the fixed model computes it)."""
+        idx = self.names.index(layer)
+        start = max((i for i, n in enumerate(self.names) if n in self.kept and i <= idx), default=None)
+        if start is not None:
+            src = self.kept[self.names[start]][split]
+        else:
+            start, src = 0, self._images(split)
+        for h in src:
+            if start < idx:
+                with torch.no_grad(), _autocast(self.device):
+                    for name in self.names[start:idx]:
+                        h = self.model.blocks[name](h)
+            yield h
+
+
+def _forward_from(model: BlockNet, layer: str, h: torch.Tensor) -> torch.Tensor:
+    names = list(model.blocks)
+    for name in names[names.index(layer):]:
+        h = model.blocks[name](h)
+    return h
+
+
+def _batchnorms(model: BlockNet, layers) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and model.block_of(name) in layers]
+
+
+@torch.no_grad()
+def _recompute(model: BlockNet, first: str, inputs: BlockInputs) -> list[str]:
+    names = list(model.blocks)
+    affected = set(names[names.index(first):])
+    bns = _batchnorms(model, affected)
+    model.eval()
+    device = inputs.device
+    for _, bn in bns:   # registration order, which is forward order in memgeo's models
+        acc = {"s": 0.0, "ss": 0.0, "n": 0}
+
+        def hook(mod, args):
+            x = args[0].detach().double()
+            dims = [d for d in range(x.dim()) if d != 1]
+            acc["s"] = acc["s"] + x.sum(dims)
+            acc["ss"] = acc["ss"] + (x * x).sum(dims)
+            acc["n"] += x.numel() // x.shape[1]
+            raise _Stop
+
+        handle = bn.register_forward_pre_hook(hook)
+        try:
+            for h in inputs.batches(first, "train"):
+                try:
+                    with _autocast(device):
+                        _forward_from(model, first, h)
+                except _Stop:
+                    pass
+        finally:
+            handle.remove()
+        n = acc["n"]
+        mean = acc["s"] / n
+        var = (acc["ss"] / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
+        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+        bn.running_var.copy_(var.to(bn.running_var.dtype))
+    return [name for name, _ in bns]
+
+
+def recompute_bn_stats(model: BlockNet, data: LabelledData, layers=None, batch_size: int = 128) -> list[str]:
+    """Set the running statistics of every BatchNorm at or after the first of `layers` (all layers
+    if None) to the mean and unbiased variance of its input over the training images (eval mode,
+    forward order). Modifies `model`; returns the names of the BatchNorm modules recomputed."""
+    names = rewindable_layers(model)
+    layers = names if layers is None else [check_layer(model, l) for l in layers]
+    if not layers:
+        return []
+    first = min(layers, key=names.index)
+    return _recompute(model, first, BlockInputs(model, data, batch_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation from a block on
+
+@torch.no_grad()
+def evaluate_from(model: BlockNet, layer: str, inputs: BlockInputs) -> dict[str, float]:
+    """`train.evaluate` of `model`, given that its blocks before `layer` equal those of the model
+    that `inputs` was made from (only the blocks from `layer` on are run)."""
+    was = model.training
+    model.eval()
+    preds = {}
+    for split in ("train", "test"):
+        out = []
+        for h in inputs.batches(layer, split):
+            with _autocast(inputs.device):
+                out.append(_forward_from(model, layer, h).argmax(1))
+        preds[split] = torch.cat(out).cpu()
+    model.train(was)
+    data = inputs.data
+    pred, test = preds["train"], preds["test"]
+    perm = data.permuted.cpu()
+    true, train = data.true_label.cpu(), data.train_label.cpu()
+
+    def acc(mask, labels):
+        return float((pred[mask] == labels[mask]).float().mean()) if mask.any() else float("nan")
+
+    return {"acc_unpermuted": acc(~perm, true), "acc_permuted_train": acc(perm, train),
+            "acc_permuted_true": acc(perm, true),
+            "acc_test": float((test == data.y_test.cpu()).float().mean())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps over (layer, mode, epoch), cached in the run folder
+
+def _check_epochs(run: Run, epochs) -> None:
+    saved = run.checkpoint_epochs
+    bad = sorted({int(e) for e in epochs} - set(saved))
+    if bad:
+        raise CheckpointError(f"run {run.path.name} has no checkpoint for epoch(s) {bad}; "
+                              f"saved epochs: {saved}")
+
+
+def default_epochs(run: Run, n: int = 8, final_epoch: int | None = None) -> list[int]:
+    """About `n` saved epochs to rewind to: 0, the early-stopping epoch, and roughly log-spaced
+    epochs up to (not including) the final one."""
+    final = run.config.epochs if final_epoch is None else final_epoch
+    saved = [e for e in run.checkpoint_epochs if e < final]
+    if not saved:
+        return []
+    es = run.early_stop_epoch
+    chosen = {saved[0]} | ({es} if es in saved else set())
+    k = max(n - len(chosen), 0)
+    targets = np.geomspace(1, max(final - 1, 1), num=k) if k else []
+    for t in targets:
+        rest = [e for e in saved if e not in chosen]
+        if not rest:
+            break
+        chosen.add(min(rest, key=lambda e: (abs(np.log1p(e) - np.log1p(t)), e)))
+    return sorted(chosen)
+
+
+def settings_hash(run: Run, epochs, layers, modes, bn: str, final_epoch: int, device: torch.device) -> str:
+    d = {"run": run.config.hash(), "epochs": [int(e) for e in epochs], "layers": list(layers),
+         "modes": list(modes), "bn": bn, "final_epoch": int(final_epoch), "device": device.type,
+         "version": REWIND_VERSION}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rewind",
+                 final_epoch: int | None = None, data: LabelledData | None = None, data_root=None,
+                 device=None, batch_size: int = 128, cache: bool = True, budget_bytes: int | None = None,
+                 progress: bool = False) -> pd.DataFrame:
+    """Evaluate the final model with each layer (single) and each layer..output (cumulative)
+    rewound to each epoch. One row per (layer, mode, epoch); columns `TABLE_COLUMNS`.
+
+    Cached as runs/<hash>/rewind/<settings hash>.csv (reused when `cache`); a half-finished sweep
+    resumes from its .partial.csv. `budget_bytes` caps the memory for the final model's block
+    inputs (default: 1 GiB on the CPU, 8 GiB on a GPU; 0 turns the shortcut off)."""
+    _check_bn(bn)
+    device = torch.device(device) if device is not None else resolve_device(run.config.device)
+    final_epoch = run.config.epochs if final_epoch is None else int(final_epoch)
+    if final_epoch not in run.checkpoint_epochs:
+        raise CheckpointError(f"run {run.path.name} has no checkpoint for the final epoch {final_epoch} "
+                              f"(is it still training?); saved epochs: {run.checkpoint_epochs}")
+    epochs = default_epochs(run, final_epoch=final_epoch) if epochs is None else sorted({int(e) for e in epochs})
+    _check_epochs(run, epochs)
+    for m in modes:
+        if m not in MODES:
+            raise RewindError(f"unknown mode {m!r}: choose one of {', '.join(MODES)}")
+    final = run.load_model(final_epoch, device)
+    names = rewindable_layers(final)
+    layers = names if layers is None else [check_layer(final, l) for l in layers]
+    layers = sorted(set(layers), key=names.index)
+    modes = [m for m in MODES if m in modes]
+
+    folder = run.path / "rewind"
+    key = settings_hash(run, epochs, layers, modes, bn, final_epoch, device)
+    out_csv, partial_csv = folder / f"{key}.csv", folder / f"{key}.partial.csv"
+    if cache and out_csv.exists():
+        return pd.read_csv(out_csv)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{key}.json", json.dumps(
+        {"run": run.config.hash(), "epochs": epochs, "layers": layers, "modes": modes, "bn": bn,
+         "final_epoch": final_epoch, "device": device.type, "version": REWIND_VERSION}, indent=2))
+    rows = pd.read_csv(partial_csv).to_dict("records") if cache and partial_csv.exists() else []
+    done = {int(r["epoch"]) for r in rows}
+
+    if data is None:
+        data = run.load_data(device, data_root)
+    if budget_bytes is None:
+        budget_bytes = (8 if device.type == "cuda" else 1) << 30
+    inputs = BlockInputs(final, data, batch_size, budget_bytes)
+    todo = [e for e in epochs if e not in done]
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo) * len(layers) * len(modes), desc=f"rewind [{run.path.name}]", leave=False)
+    for epoch in todo:
+        source = run.load_state(epoch)
+        check_compatible(final, source, f"checkpoint {run.checkpoint_path(epoch)}")
+        new = []
+        seen: dict[tuple, dict] = {}
+        for mode in modes:
+            for layer in layers:
+                rewound = layers_for(final, layer, mode)
+                if tuple(rewound) in seen:      # cumulative from the last layer == single
+                    metrics = seen[tuple(rewound)]
+                else:
+                    model = rewind_model(final, source, rewound, "rewind")
+                    if bn == "recompute":
+                        _recompute(model, rewound[0], inputs)
+                    metrics = evaluate_from(model, rewound[0], inputs)
+                    seen[tuple(rewound)] = metrics
+                new.append({"layer": layer, "layer_index": names.index(layer) + 1, "mode": mode,
+                            "epoch": epoch, "bn": bn, "final_epoch": final_epoch,
+                            "rewound": "+".join(rewound), **metrics})
+                if bar is not None:
+                    bar.update(1)
+        rows += new
+        if cache:
+            atomic_write_text(partial_csv, pd.DataFrame(rows, columns=TABLE_COLUMNS).to_csv(index=False))
+    if bar is not None:
+        bar.close()
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    order = {m: i for i, m in enumerate(MODES)}
+    table = table.sort_values(["mode", "epoch", "layer_index"], key=lambda s: s.map(order) if s.name == "mode" else s)
+    table = table.reset_index(drop=True)
+    if cache:
+        atomic_write_text(out_csv, table.to_csv(index=False))
+        partial_csv.unlink(missing_ok=True)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries: the paper's claim and Maini et al.'s protocol
+
+def reference(run: Run, final_epoch: int | None = None) -> dict:
+    """Peak (early-stopping) and final accuracies from the run's metrics."""
+    m = run.metrics.set_index("epoch")
+    final_epoch = run.config.epochs if final_epoch is None else final_epoch
+    es = run.early_stop_epoch
+    return {"peak_epoch": es, "peak_test": float(m.loc[es, "acc_test"]),
+            "final_epoch": final_epoch, "final_test": float(m.loc[final_epoch, "acc_test"]),
+            "peak_memorization": float(m.loc[es, "acc_permuted_train"]),
+            "final_memorization": float(m.loc[final_epoch, "acc_permuted_train"]),
+            "peak_unpermuted": float(m.loc[es, "acc_unpermuted"]),
+            "final_unpermuted": float(m.loc[final_epoch, "acc_unpermuted"])}
+
+
+def gap_table(table: pd.DataFrame, run: Run, epoch: int | None = None) -> pd.DataFrame:
+    """Rewinds to `epoch` (default: the early-stopping epoch), one row per (mode, layer), with
+
+    - gap_recovered = (acc_test - final) / (peak - final): the fraction of the test accuracy lost
+      between the early-stopping epoch and the end that the rewind gives back;
+    - memorization_removed = (mem_final - mem) / (mem_final - mem_checkpoint): the fraction of the
+      memorization acquired since `epoch` that the rewind takes away (1 = as much as rewinding the
+      whole model to `epoch`)."""
+    ref = reference(run, int(table["final_epoch"].iloc[0]))
+    epoch = ref["peak_epoch"] if epoch is None else epoch
+    m = run.metrics.set_index("epoch")
+    mem_ck = float(m.loc[epoch, "acc_permuted_train"])
+    t = table[table["epoch"] == epoch].copy()
+    if t.empty:
+        raise RewindError(f"no rewinds to epoch {epoch} in the table; its epochs: {sorted(table['epoch'].unique())}")
+    gap = ref["peak_test"] - ref["final_test"]
+    t["gap_recovered"] = (t["acc_test"] - ref["final_test"]) / gap if gap > 0 else np.nan
+    dm = ref["final_memorization"] - mem_ck
+    t["memorization_removed"] = (ref["final_memorization"] - t["acc_permuted_train"]) / dm if dm > 0 else np.nan
+    cols = ["mode", "layer", "layer_index", "rewound", *METRICS, "gap_recovered", "memorization_removed"]
+    return t[cols].reset_index(drop=True)
+
+
+def _argmax(s: pd.Series):
+    """Index of the largest value, None when every value is missing."""
+    s = s.dropna()
+    return s.idxmax() if len(s) else None
+
+
+def _halves(names: list[str]) -> tuple[list[str], list[str]]:
+    k = len(names) // 2
+    return names[:k], names[k:]
+
+
+def summary(table: pd.DataFrame, run: Run, threshold: float = 0.5) -> dict:
+    """Numbers for the text: peak, final, best rewind (and its layers), and the claim's verdict.
+
+    The paper's claim is judged at the early-stopping epoch: "late" layers are the deeper half of
+    the rewindable layers (for an odd count the middle one is late), "early" the rest. It holds
+    when some cumulative rewind that starts in the late half recovers at least `threshold` of the
+    gap and no single early layer does."""
+    ref = reference(run, int(table["final_epoch"].iloc[0]))
+    names = list(table.sort_values("layer_index")["layer"].drop_duplicates())
+    early, late = _halves(names)
+    best = table.loc[table["acc_test"].idxmax()]
+    g = gap_table(table, run)
+    cum = g[g["mode"] == "cumulative"].set_index("layer")
+    sgl = g[g["mode"] == "single"].set_index("layer")
+    late_cum = cum.loc[[l for l in late if l in cum.index]]
+    early_sgl = sgl.loc[[l for l in early if l in sgl.index]]
+    late_best = _argmax(late_cum["gap_recovered"])
+    early_best = _argmax(early_sgl["gap_recovered"])
+    # The fewest final layers whose cumulative rewind recovers `threshold` of the gap.
+    fewest = None
+    for layer in reversed(names):
+        if layer in cum.index and cum.loc[layer, "gap_recovered"] >= threshold:
+            fewest = layer
+            break
+    late_frac = float(late_cum.loc[late_best, "gap_recovered"]) if late_best else float("nan")
+    early_frac = float(early_sgl.loc[early_best, "gap_recovered"]) if early_best else float("nan")
+    holds = bool(late_frac >= threshold and not early_frac >= threshold)
+    return {
+        **ref, "gap": ref["peak_test"] - ref["final_test"], "threshold": threshold,
+        "best_test": float(best["acc_test"]), "best_layer": str(best["layer"]), "best_mode": str(best["mode"]),
+        "best_epoch": int(best["epoch"]), "best_rewound": str(best["rewound"]),
+        "early_layers": early, "late_layers": late,
+        "late_best_layer": late_best, "late_best_fraction": late_frac,
+        "late_best_rewound": str(late_cum.loc[late_best, "rewound"]) if late_best else "",
+        "early_best_layer": early_best, "early_best_fraction": early_frac,
+        "fewest_layer": fewest,
+        "fewest_count": (len(names) - names.index(fewest)) if fewest else 0,
+        "fewest_fraction": float(cum.loc[fewest, "gap_recovered"]) if fewest else float("nan"),
+        "claim_holds": holds,
+    }
+
+
+def maini_table(table: pd.DataFrame, run: Run) -> pd.DataFrame:
+    """Maini et al.'s protocol: each layer rewound alone, at every epoch of the table. Per row, the
+    memorization left (accuracy of permuted examples on their training labels), the memorization
+    removed (absolute, and as a fraction of what rewinding the whole model to that epoch removes),
+    and the change in accuracy on unpermuted (clean) training examples and on the test set."""
+    ref = reference(run, int(table["final_epoch"].iloc[0]))
+    m = run.metrics.set_index("epoch")
+    t = table[table["mode"] == "single"].copy()
+    mem_ck = t["epoch"].map(m["acc_permuted_train"])
+    t["memorization"] = t["acc_permuted_train"]
+    t["memorization_drop"] = ref["final_memorization"] - t["acc_permuted_train"]
+    full = ref["final_memorization"] - mem_ck
+    t["memorization_removed"] = np.where(full > 0, t["memorization_drop"] / full.where(full > 0, 1), np.nan)
+    t["clean_drop"] = ref["final_unpermuted"] - t["acc_unpermuted"]
+    t["test_change"] = t["acc_test"] - ref["final_test"]
+    return t[["layer", "layer_index", "epoch", "memorization", "memorization_drop", "memorization_removed",
+              "clean_drop", "test_change"]].reset_index(drop=True)
+
+
+def maini_summary(table: pd.DataFrame, run: Run, epoch: int | None = None, threshold: float = 0.5) -> dict:
+    """Where single-layer rewinds to `epoch` (default: early stopping) remove memorization."""
+    ref = reference(run, int(table["final_epoch"].iloc[0]))
+    epoch = ref["peak_epoch"] if epoch is None else epoch
+    t = maini_table(table, run)
+    t = t[t["epoch"] == epoch].sort_values("layer_index").set_index("layer")
+    if t.empty:
+        raise RewindError(f"no single rewinds to epoch {epoch}; epochs in the table: {sorted(table['epoch'].unique())}")
+    names = list(t.index)
+    early, late = _halves(names)
+    top = _argmax(t["memorization_drop"])
+    strong = [l for l in names if t.loc[l, "memorization_removed"] >= threshold]
+    total = float(t["memorization_drop"].clip(lower=0).sum())
+    share_late = float(t.loc[late, "memorization_drop"].clip(lower=0).sum() / total) if total > 0 else float("nan")
+    return {"epoch": epoch, "top_layer": top, "top_removed": float(t.loc[top, "memorization_removed"]),
+            "top_drop": float(t.loc[top, "memorization_drop"]),
+            "top_memorization": float(t.loc[top, "memorization"]),
+            "top_clean_drop": float(t.loc[top, "clean_drop"]),
+            "strong_layers": strong, "n_strong": len(strong), "n_layers": len(names),
+            "strong_in_late_only": bool(strong) and all(l in late for l in strong),
+            "late_share": share_late, "early_layers": early, "late_layers": late,
+            "per_layer": t}
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+def plot_heatmaps(table: pd.DataFrame, metric: str = "acc_test", modes=MODES, mark_epoch: int | None = None,
+                  title: str = "", cmap: str = "viridis", axes=None):
+    """Heat maps of `metric` over (layer) x (rewind epoch), one panel per mode."""
+    import matplotlib.pyplot as plt
+    modes = [m for m in modes if m in set(table["mode"])]
+    if axes is None:
+        fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.6), squeeze=False)
+        axes = axes[0]
+    fig = axes[0].figure
+    vmin, vmax = table[metric].min(), table[metric].max()
+    for ax, mode in zip(axes, modes):
+        t = table[table["mode"] == mode].pivot_table(index=["layer_index", "layer"], columns="epoch", values=metric)
+        im = ax.imshow(t.values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_xticks(range(t.shape[1]), [str(e) for e in t.columns])
+        labels = [l for _, l in t.index]
+        ax.set_yticks(range(t.shape[0]), labels if mode == "single" else [f"{l}→out" for l in labels])
+        for i in range(t.shape[0]):
+            for j in range(t.shape[1]):
+                v = t.values[i, j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < (vmin + vmax) / 2 else "black")
+        if mark_epoch is not None and mark_epoch in list(t.columns):
+            j = list(t.columns).index(mark_epoch)
+            ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, t.shape[0], fill=False, ec="red", lw=1.5))
+        ax.set_xlabel("rewind epoch")
+        ax.set_title(f"{mode}" + (" (layer alone)" if mode == "single" else " (layer to output)"))
+    fig.colorbar(im, ax=list(axes), label=metric, shrink=0.9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_at_epoch(table: pd.DataFrame, run: Run, epoch: int | None = None, axes=None):
+    """Test accuracy and memorization after rewinding each layer (single, cumulative) to `epoch`,
+    with reference lines for the final and the peak (checkpoint) values."""
+    import matplotlib.pyplot as plt
+    ref = reference(run, int(table["final_epoch"].iloc[0]))
+    epoch = ref["peak_epoch"] if epoch is None else epoch
+    m = run.metrics.set_index("epoch")
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = axes[0].figure
+    t = table[table["epoch"] == epoch]
+    for ax, metric, what in ((axes[0], "acc_test", "test accuracy"),
+                             (axes[1], "acc_permuted_train", "memorization (permuted, training labels)")):
+        for mode, style in (("single", "o-"), ("cumulative", "s--")):
+            s = t[t["mode"] == mode].sort_values("layer_index")
+            if len(s):
+                ax.plot(s["layer"], s[metric], style, label=mode if mode == "single" else "cumulative (layer→out)")
+        ax.axhline(float(m.loc[ref["final_epoch"], metric]), color="grey", ls=":", label=f"final (epoch {ref['final_epoch']})")
+        ax.axhline(float(m.loc[epoch, metric]), color="tab:red", ls="-.", lw=1,
+                   label=f"checkpoint {epoch}" + (" (peak test)" if epoch == ref["peak_epoch"] else ""))
+        if metric == "acc_test" and epoch != ref["peak_epoch"]:
+            ax.axhline(ref["peak_test"], color="tab:red", ls="-.", label="peak test")
+        ax.set_xlabel("rewound layer")
+        ax.set_ylabel(what)
+        ax.tick_params(axis="x", rotation=30)
+    axes[0].legend(fontsize=8)
+    return fig
