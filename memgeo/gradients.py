@@ -1,0 +1,619 @@
+"""Why networks do not memorize early: the gradient contributions of permuted and unpermuted examples.
+
+The training loss over n examples is L = (1/n) sum_i l_i, so its gradient splits exactly into the
+part of the unpermuted examples, (1/n) sum_{i in U} g_i, and the part of the permuted ones,
+(1/n) sum_{i in P} g_i (g_i is the gradient of example i's cross-entropy against its *training*
+label). For every layer (parameters grouped by `BlockNet.block_of`) and every group this module
+measures, from per-example gradients:
+
+- the norm of the group's part of the gradient (``norm_*``) and per example (``per_example_*`` =
+  norm of the group's mean gradient, ||sum_g g_i|| / n_g);
+- the ratio permuted / unpermuted of both, and the cosine between the two parts;
+- the coherence ||sum_g g_i||^2 / (n_g sum_g ||g_i||^2) = ||mean g||^2 / mean ||g||^2 of each group:
+  1 when all per-example gradients are identical, 1/n_g when they are mutually orthogonal. (Without
+  the factor 1/n_g the ratio would run from 1 to n_g; the normalised form compares groups of
+  different sizes.)
+- the root-mean-square per-example gradient norm (``rms_*``): how large single gradients are.
+
+Per-example gradients come from `torch.func` (functional_call + vmap + grad) in **eval mode**:
+BatchNorm uses its running statistics, so every example's gradient depends on that example alone.
+In train mode BatchNorm normalises with the batch's statistics, which couples the examples of a
+batch (an example's gradient would depend on which others share its batch), so per-example
+gradients would not be defined. At epoch 0 the running statistics are the initial ones (mean 0,
+variance 1), so BatchNorm is the identity there. The model is used in contiguous memory format,
+which runs the vmapped convolutions several times faster on the CPU than channels_last.
+
+Everything is built on one primitive, `subset_gradient_sums`: given a function returning per-example
+gradients of a pool of examples and a membership matrix (subsets x pool), it accumulates, chunk by
+chunk, every subset's gradient sum and sum of squared per-example norms. The epoch analysis uses two
+subsets (the unpermuted and permuted examples of a fixed sample); the scaling test uses nested
+random subsets of growing size n of each group. Results are cached as tidy CSV tables in the run
+folder, under ``gradients/``, and only what is missing is computed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError, Preset
+from .data import LabelledData, derived_seed
+from .models import BlockNet
+from .train import Run, atomic_write_text
+
+GROUPS = ("unpermuted", "permuted")
+ALL = "all"   # pseudo-layer: every parameter of the network together
+
+GradFn = Callable[[np.ndarray], "dict[str, torch.Tensor]"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+@dataclass(frozen=True)
+class GradientSettings:
+    """What the gradient analysis computes (the epoch table and the scaling test)."""
+
+    n_examples: int = 1024          # fixed random sample of the training subset (0 = all of it)
+    epochs: str = "auto"            # "auto" (init, log-spaced, early stop, end) or "0,5,40"
+    max_epochs: int = 9             # how many epochs "auto" picks (early stop and end included)
+    sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512)   # n for the scaling test
+    repeats: int = 4                # random nested subsets per group in the scaling test
+    pool_factor: int = 2            # scaling pool per group = pool_factor * max(sizes)
+    scaling_epoch: int = 0          # the checkpoint the scaling test uses (0 = initialisation)
+    seed: int = 0
+    batch_size: int = 64            # examples per vmap call (memory only; not in the cache key)
+
+    def __post_init__(self) -> None:
+        if self.n_examples < 0:
+            raise ConfigError(f"n_examples={self.n_examples} must be >= 0 (0 means the whole training subset)")
+        if not self.sizes or min(self.sizes) < 1:
+            raise ConfigError(f"sizes={self.sizes}: give positive subset sizes")
+        if self.repeats < 1 or self.pool_factor < 1 or self.batch_size < 1 or self.max_epochs < 2:
+            raise ConfigError("repeats, pool_factor and batch_size must be >= 1 and max_epochs >= 2")
+
+    def epochs_hash(self) -> str:
+        return _short_hash({"n_examples": self.n_examples, "seed": self.seed, "version": 1})
+
+    def scaling_hash(self) -> str:
+        return _short_hash({"sizes": list(self.sizes), "repeats": self.repeats, "pool_factor": self.pool_factor,
+                            "epoch": self.scaling_epoch, "seed": self.seed, "version": 1})
+
+
+def _short_hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def settings_for(p: Preset, **overrides) -> GradientSettings:
+    """Gradient settings sized for a preset (`smoke` seconds, `cpu` a few minutes, `paper` a GPU)."""
+    base = {"smoke": dict(n_examples=200, max_epochs=3, repeats=3),
+            "cpu": dict(n_examples=1024, max_epochs=9, repeats=4),
+            "paper": dict(n_examples=10000, max_epochs=12, repeats=8)}.get(p.name, {})
+    base["sizes"] = tuple(p.grad_sizes)
+    base.update(overrides)
+    return GradientSettings(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example gradients
+
+def layer_parameters(model: BlockNet) -> "dict[str, list[str]]":
+    """Trainable parameter names grouped by the layer that owns them, in layer order."""
+    out: dict[str, list[str]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            out.setdefault(model.block_of(name), []).append(name)
+    return out
+
+
+def per_example_gradients(model: BlockNet, x: torch.Tensor, y: torch.Tensor) -> "dict[str, torch.Tensor]":
+    """Per-example gradients of the cross-entropy of (x, y), flattened per layer: {layer: (B, P_layer)}.
+
+    Eval mode (BatchNorm on running statistics) through torch.func; `x` is a float, normalised batch.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    if model.training:
+        raise ValueError("per-example gradients need the model in eval mode (call model.eval()): "
+                         "train-mode BatchNorm couples the examples of a batch")
+    groups = layer_parameters(model)
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss_one(p, b, xi, yi):
+        return F.cross_entropy(functional_call(model, (p, b), (xi[None],)), yi[None])
+
+    g = vmap(grad(loss_one), in_dims=(None, None, 0, 0))(params, buffers, x, y)
+    n = x.shape[0]
+    return {layer: torch.cat([g[k].reshape(n, -1) for k in names], dim=1) for layer, names in groups.items()}
+
+
+def model_grad_fn(model: BlockNet, data: LabelledData, batch_size: int = 64) -> GradFn:
+    """Per-example gradient function over the training subset (indices -> {layer: (B, P)}),
+    against the training labels, in eval mode and contiguous memory format."""
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    first = next(model.parameters())
+    dev, dtype = first.device, first.dtype
+
+    def fn(idx: np.ndarray) -> "dict[str, torch.Tensor]":
+        t = torch.as_tensor(idx, device=data.x_train.device)
+        x = data.normalise(data.x_train[t], dtype=dtype).to(dev).contiguous()
+        return per_example_gradients(model, x, data.train_label[t].to(dev))
+
+    fn.batch_size = batch_size
+    return fn
+
+
+@dataclass
+class SubsetSums:
+    """Per layer: `sums[layer]` (S, P) gradient sum of every subset, `sq[layer]` (S,) sum of
+    squared per-example norms; `counts` (S,) subset sizes."""
+
+    sums: "dict[str, torch.Tensor]"
+    sq: "dict[str, torch.Tensor]"
+    counts: np.ndarray
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.sums)
+
+    def gram(self) -> "dict[str, np.ndarray]":
+        """Per layer (and "all"): the (S, S) matrix of dot products between subset sums."""
+        out = {k: (v.double() @ v.double().T).cpu().numpy() for k, v in self.sums.items()}
+        out[ALL] = sum(out.values())
+        return out
+
+    def sq_all(self) -> "dict[str, np.ndarray]":
+        out = {k: v.double().cpu().numpy() for k, v in self.sq.items()}
+        out[ALL] = sum(out.values())
+        return out
+
+
+def subset_gradient_sums(grad_fn: GradFn, pool: np.ndarray, membership: np.ndarray,
+                         batch_size: int | None = None) -> SubsetSums:
+    """Gradient sums of many subsets of a pool in one pass over its per-example gradients.
+
+    `pool` (N,) indices passed to `grad_fn`; `membership` (S, N) 0/1: subset s holds pool[j] when
+    membership[s, j]. Only pool examples in at least one subset are evaluated, `batch_size` at a time.
+    """
+    pool = np.asarray(pool)
+    member = np.asarray(membership, dtype=np.float64)
+    if member.ndim != 2 or member.shape[1] != len(pool):
+        raise ValueError(f"membership must be (subsets, {len(pool)}), got {member.shape}")
+    used = np.flatnonzero(member.any(0))
+    bs = batch_size or getattr(grad_fn, "batch_size", 64)
+    sums: dict[str, torch.Tensor] = {}
+    sq: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for start in range(0, len(used), bs):
+            cols = used[start:start + bs]
+            g = grad_fn(pool[cols])
+            for layer, gl in g.items():
+                m = torch.as_tensor(member[:, cols], dtype=gl.dtype, device=gl.device)
+                s, q = m @ gl, m @ gl.pow(2).sum(1)
+                if layer in sums:
+                    sums[layer] += s
+                    sq[layer] += q
+                else:
+                    sums[layer], sq[layer] = s, q
+    if not sums:
+        raise ValueError("every subset is empty")
+    return SubsetSums(sums, sq, member.sum(1).astype(int))
+
+
+# ---------------------------------------------------------------------------------------------
+# The split of the loss gradient into the two groups
+
+@dataclass
+class GradientSplit:
+    """The gradient of the mean training loss over n examples, split by group."""
+
+    sums: SubsetSums          # subset 0: unpermuted, subset 1: permuted
+    n: int
+
+    def part(self, group: str, layer: str) -> torch.Tensor:
+        """The group's contribution to the gradient of the mean loss: (1/n) sum_{i in group} g_i."""
+        return self.sums.sums[layer][GROUPS.index(group)] / self.n
+
+    def full(self, layer: str) -> torch.Tensor:
+        return self.part("unpermuted", layer) + self.part("permuted", layer)
+
+    def table(self) -> pd.DataFrame:
+        """One row per layer (and "all"): norms, ratios, cosine, coherence."""
+        gram, sq = self.sums.gram(), self.sums.sq_all()
+        nu, npm = (int(c) for c in self.sums.counts)
+        rows = []
+        for layer in self.sums.layers + [ALL]:
+            G, q = gram[layer], sq[layer]
+            su, sp = math.sqrt(max(G[0, 0], 0.0)), math.sqrt(max(G[1, 1], 0.0))
+            row = {"layer": layer, "n": self.n, "n_unpermuted": nu, "n_permuted": npm,
+                   "norm_full": math.sqrt(max(G[0, 0] + G[1, 1] + 2 * G[0, 1], 0.0)) / self.n,
+                   "norm_unpermuted": su / self.n, "norm_permuted": sp / self.n,
+                   "per_example_unpermuted": _div(su, nu), "per_example_permuted": _div(sp, npm),
+                   "cosine": _div(G[0, 1], su * sp),
+                   "coherence_unpermuted": _div(G[0, 0], nu * q[0]),
+                   "coherence_permuted": _div(G[1, 1], npm * q[1]),
+                   "rms_unpermuted": math.sqrt(_div(q[0], nu)), "rms_permuted": math.sqrt(_div(q[1], npm))}
+            row["ratio"] = _div(row["norm_permuted"], row["norm_unpermuted"])
+            row["ratio_per_example"] = _div(row["per_example_permuted"], row["per_example_unpermuted"])
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _div(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def coherence(per_example: torch.Tensor) -> float:
+    """||sum_i g_i||^2 / (n sum_i ||g_i||^2) of an (n, P) stack: 1 identical, 1/n orthogonal."""
+    g = per_example.double()
+    return float(g.sum(0).pow(2).sum() / (len(g) * g.pow(2).sum()))
+
+
+def gradient_split(grad_fn: GradFn, index: np.ndarray, permuted: np.ndarray,
+                   batch_size: int | None = None) -> GradientSplit:
+    """Split the gradient of the mean loss over examples `index` by the boolean `permuted` (per index)."""
+    permuted = np.asarray(permuted, dtype=bool)
+    member = np.stack([~permuted, permuted])
+    return GradientSplit(subset_gradient_sums(grad_fn, np.asarray(index), member, batch_size), len(index))
+
+
+def gradient_sample(data: LabelledData, n_examples: int, seed: int = 0) -> np.ndarray:
+    """The fixed random sample of the training subset used at every epoch (sorted; all if 0)."""
+    n = len(data.x_train)
+    if n_examples == 0 or n_examples >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(derived_seed(seed, "gradients", "sample"))
+    return np.sort(rng.choice(n, n_examples, replace=False))
+
+
+def split_at_epoch(run: Run, epoch: int, data: LabelledData, settings: GradientSettings) -> GradientSplit:
+    """The gradient split for one checkpoint of a run, on the settings' fixed sample."""
+    model = run.load_model(epoch, device=data.x_train.device)
+    idx = gradient_sample(data, settings.n_examples, settings.seed)
+    return gradient_split(model_grad_fn(model, data, settings.batch_size), idx,
+                          data.permuted.cpu().numpy()[idx])
+
+
+# ---------------------------------------------------------------------------------------------
+# Over the saved epochs of a run (cached)
+
+def select_epochs(run: Run, settings: GradientSettings) -> list[int]:
+    """The checkpoints to analyse: "auto" = init, early-stopping epoch, end and log-spaced between."""
+    saved = run.checkpoint_epochs
+    if settings.epochs != "auto":
+        try:
+            want = sorted({int(s) for s in settings.epochs.split(",") if s.strip()})
+        except ValueError:
+            raise ConfigError(f"epochs={settings.epochs!r}: use 'auto' or comma-separated epochs") from None
+        missing = [e for e in want if e not in saved]
+        if missing:
+            raise ConfigError(f"epochs {missing} have no checkpoint in {run.path.name}; saved: {saved}")
+        return want
+    must = {saved[0], saved[-1]}
+    if run.early_stop_epoch in saved:
+        must.add(run.early_stop_epoch)
+    last = saved[-1]
+    k = max(settings.max_epochs - len(must), 0)
+    # log-spaced targets between 1 and the end, snapped to the nearest saved epoch
+    chosen = set(must)
+    if k and last > 0:
+        for t in np.unique(np.round(np.geomspace(1, last, k + 2)[:-1])):
+            chosen.add(min(saved, key=lambda e: (abs(e - t), e)))
+            if len(chosen) >= settings.max_epochs:
+                break
+    return sorted(chosen)
+
+
+def _epoch_rows(run: Run, epoch: int, data: LabelledData, settings: GradientSettings) -> pd.DataFrame:
+    t = split_at_epoch(run, epoch, data, settings).table()
+    t.insert(0, "epoch", epoch)
+    return t
+
+
+def gradients_over_epochs(run: Run, settings: GradientSettings, epochs: Sequence[int] | None = None,
+                          data: LabelledData | None = None, progress: bool = False) -> pd.DataFrame:
+    """Tidy table (one row per epoch x layer) of the gradient split over a run's checkpoints.
+
+    Cached in ``<run>/gradients/epochs-<settings hash>.csv``; only missing epochs are computed, and
+    the file is rewritten (atomically) after each one, so an interrupted analysis resumes.
+    """
+    epochs = sorted(set(epochs if epochs is not None else select_epochs(run, settings)))
+    path = cache_path(run, "epochs", settings.epochs_hash())
+    table = _read_cache(path)
+    todo = [e for e in epochs if table.empty or e not in set(table["epoch"])]
+    if todo:
+        data = data if data is not None else run.load_data()
+        bar = _bar(progress, len(todo), f"gradients [{run.path.name}]")
+        for e in todo:
+            rows = _epoch_rows(run, e, data, settings)
+            table = _read_cache(path)  # merge with anything written meanwhile
+            table = pd.concat([table[table["epoch"] != e] if not table.empty else table, rows],
+                              ignore_index=True).sort_values(["epoch"], kind="stable")
+            _write_cache(path, table, settings)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    return table[table["epoch"].isin(epochs)].reset_index(drop=True)
+
+
+def cache_path(run: Run, kind: str, key: str) -> Path:
+    return run.path / "gradients" / f"{kind}-{key}.csv"
+
+
+def _read_cache(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def _write_cache(path: Path, table: pd.DataFrame, settings: GradientSettings) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = path.with_suffix(".json")
+    if not meta.exists():
+        atomic_write_text(meta, json.dumps(dataclasses.asdict(settings), indent=2))
+    atomic_write_text(path, table.to_csv(index=False))
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scaling test
+
+def nested_subsets(pools: Mapping[str, np.ndarray], sizes: Sequence[int], repeats: int, seed: int = 0):
+    """Nested random subsets of each group's pool: for every repeat a random order of the pool, and
+    its first n elements for every n in `sizes`.
+
+    Returns (pool, membership, keys): the concatenated pool, an (S, N) 0/1 matrix and one
+    (group, repeat, n) key per row.
+    """
+    sizes = sorted(set(int(s) for s in sizes))
+    groups = list(pools)
+    for g in groups:
+        if len(pools[g]) < sizes[-1]:
+            raise ConfigError(f"the scaling test needs {sizes[-1]} examples of group {g!r} but only "
+                              f"{len(pools[g])} are available: use smaller sizes")
+    pool = np.concatenate([np.asarray(pools[g]) for g in groups])
+    offsets = np.cumsum([0] + [len(pools[g]) for g in groups])
+    rng = np.random.default_rng(derived_seed(seed, "gradients", "scaling-order"))
+    rows, keys = [], []
+    for gi, g in enumerate(groups):
+        for r in range(repeats):
+            order = rng.permutation(len(pools[g]))
+            for n in sizes:
+                row = np.zeros(len(pool))
+                row[offsets[gi] + order[:n]] = 1.0
+                rows.append(row)
+                keys.append((g, r, n))
+    return pool, np.stack(rows), keys
+
+
+def scaling_table(grad_fn: GradFn, pools: Mapping[str, np.ndarray], sizes: Sequence[int], repeats: int,
+                  seed: int = 0, batch_size: int | None = None) -> pd.DataFrame:
+    """||sum of per-example gradients|| of random subsets of growing size n, per group and layer.
+
+    Tidy: one row per (layer, group, repeat, n) with `norm` = ||sum_i g_i||, `per_example` =
+    norm / n, `sq` = sum_i ||g_i||^2 and `coherence` = norm^2 / (n sq).
+    """
+    pool, member, keys = nested_subsets(pools, sizes, repeats, seed)
+    sums = subset_gradient_sums(grad_fn, pool, member, batch_size)
+    gram, sq = sums.gram(), sums.sq_all()
+    rows = []
+    for layer in sums.layers + [ALL]:
+        diag = np.diag(gram[layer])
+        for s, (g, r, n) in enumerate(keys):
+            norm = math.sqrt(max(diag[s], 0.0))
+            rows.append({"layer": layer, "group": g, "repeat": r, "n": n, "norm": norm,
+                         "per_example": norm / n, "sq": sq[layer][s],
+                         "coherence": _div(diag[s], n * sq[layer][s])})
+    return pd.DataFrame(rows)
+
+
+def fit_slopes(table: pd.DataFrame) -> pd.DataFrame:
+    """Log-log slopes of the mean (over repeats) group-sum norm against n, per layer and group,
+    and of the per-example ratio (permuted / unpermuted) = slope_permuted - slope_unpermuted.
+
+    Returns one row per layer: slope_<group> for each group, slope_ratio, and the ratio at the
+    smallest and largest n.
+    """
+    mean = table.groupby(["layer", "group", "n"], sort=False)["norm"].mean().reset_index()
+    out = []
+    for layer, d in mean.groupby("layer", sort=False):
+        row = {"layer": layer}
+        curves = {}
+        for g, dg in d.groupby("group", sort=False):
+            dg = dg.sort_values("n")
+            curves[g] = dg.set_index("n")["norm"]
+            row[f"slope_{g}"] = float(np.polyfit(np.log(dg["n"]), np.log(dg["norm"]), 1)[0])
+        if set(GROUPS) <= set(curves):
+            ratio = (curves["permuted"] / curves["unpermuted"]).dropna()
+            row["slope_ratio"] = float(np.polyfit(np.log(ratio.index.values), np.log(ratio.values), 1)[0])
+            row["ratio_first"], row["ratio_last"] = float(ratio.iloc[0]), float(ratio.iloc[-1])
+            row["n_first"], row["n_last"] = int(ratio.index[0]), int(ratio.index[-1])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def fit_two_components(table: pd.DataFrame) -> pd.DataFrame:
+    """Split each group's growth into its incoherent and coherent parts.
+
+    For n examples drawn from a group whose per-example gradients have mean mu and variance
+    sigma^2 = E||g - mu||^2, E||sum g_i||^2 = n sigma^2 + n^2 ||mu||^2. A least-squares line through
+    (n, mean over repeats of ||sum||^2 / n) gives sigma2 (intercept) and mu2 (slope); `n_cross` =
+    sigma2 / mu2 is the n beyond which the coherent part dominates (inf when mu2 <= 0).
+    `coherent_share` is n mu2 / (sigma2 + n mu2) at the largest n.
+    """
+    t = table.assign(y=table["norm"] ** 2 / table["n"])
+    mean = t.groupby(["layer", "group", "n"], sort=False)["y"].mean().reset_index()
+    rows = []
+    for (layer, g), d in mean.groupby(["layer", "group"], sort=False):
+        mu2, sigma2 = np.polyfit(d["n"].astype(float), d["y"], 1)
+        n_max = float(d["n"].max())
+        rows.append({"layer": layer, "group": g, "sigma2": float(sigma2), "mu2": float(mu2),
+                     "n_cross": float(sigma2 / mu2) if mu2 > 0 else float("inf"),
+                     "coherent_share": float(max(n_max * mu2, 0.0) / (sigma2 + max(n_max * mu2, 0.0)))})
+    return pd.DataFrame(rows)
+
+
+def output_uniformity(model: BlockNet, data: LabelledData, index: np.ndarray) -> dict:
+    """How close the outputs are to uniform (the premise of the derivation near initialisation):
+    mean largest softmax probability (1/C when uniform) and the logits' standard deviation."""
+    model = model.eval()
+    dev = next(model.parameters()).device
+    t = torch.as_tensor(index, device=data.x_train.device)
+    with torch.no_grad():
+        out = model(data.normalise(data.x_train[t]).to(dev)).float()
+    return {"max_prob": float(out.softmax(1).max(1).values.mean()), "logit_std": float(out.std()),
+            "uniform": 1.0 / out.shape[1]}
+
+
+def scaling_pools(data: LabelledData, settings: GradientSettings) -> "dict[str, np.ndarray]":
+    """Random pools of each group (pool_factor * max(sizes) examples, or all there are)."""
+    perm = data.permuted.cpu().numpy()
+    rng = np.random.default_rng(derived_seed(settings.seed, "gradients", "scaling-pool"))
+    want = settings.pool_factor * max(settings.sizes)
+    pools = {}
+    for g, mask in (("unpermuted", ~perm), ("permuted", perm)):
+        idx = np.flatnonzero(mask)
+        pools[g] = np.sort(rng.choice(idx, min(want, len(idx)), replace=False))
+    return pools
+
+
+def scaling_at_epoch(run: Run, settings: GradientSettings, data: LabelledData | None = None) -> pd.DataFrame:
+    """The scaling test on a run's checkpoint (`settings.scaling_epoch`, by default initialisation),
+    cached in ``<run>/gradients/scaling-<settings hash>.csv``."""
+    path = cache_path(run, "scaling", settings.scaling_hash())
+    if path.exists():
+        return pd.read_csv(path)
+    data = data if data is not None else run.load_data()
+    model = run.load_model(settings.scaling_epoch, device=data.x_train.device)
+    table = scaling_table(model_grad_fn(model, data, settings.batch_size), scaling_pools(data, settings),
+                          settings.sizes, settings.repeats, settings.seed, settings.batch_size)
+    table.insert(0, "epoch", settings.scaling_epoch)
+    _write_cache(path, table, settings)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary numbers and figures
+
+def verdict(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, layer: str = ALL) -> dict:
+    """Numbers for the paper's claim 5 on one layer (default: the whole network).
+
+    ratio_init / ratio_early / ratio_end: permuted / unpermuted contribution at init, at the
+    early-stopping epoch and at the end; ratio_max and its epoch; the unpermuted accuracy at the
+    epoch where the ratio first exceeds twice its initial value (`rise_epoch`, -1 if never);
+    `reproduces`: the ratio starts below 1/2 and later at least doubles.
+    """
+    d = table[table["layer"] == layer].set_index("epoch").sort_index()
+    r = d["ratio"]
+    e0, e_end = int(r.index[0]), int(r.index[-1])
+    out = {"ratio_init": float(r.iloc[0]), "ratio_end": float(r.iloc[-1]),
+           "ratio_early": float(r.get(early_stop, float("nan"))), "ratio_max": float(r.max()),
+           "epoch_max": int(r.idxmax()), "epoch_init": e0, "epoch_end": e_end, "early_stop": early_stop,
+           "coherence_unpermuted_init": float(d["coherence_unpermuted"].iloc[0]),
+           "coherence_permuted_init": float(d["coherence_permuted"].iloc[0]),
+           "cosine_init": float(d["cosine"].iloc[0]), "n_sample": int(d["n"].iloc[0])}
+    risen = r[(r.index > e0) & (r > 2 * r.iloc[0])]
+    out["rise_epoch"] = int(risen.index[0]) if len(risen) else -1
+    m = metrics.set_index("epoch")
+    out["acc_unpermuted_at_rise"] = float(m["acc_unpermuted"].get(out["rise_epoch"], float("nan")))
+    out["acc_permuted_train_at_rise"] = float(m["acc_permuted_train"].get(out["rise_epoch"], float("nan")))
+    out["reproduces"] = bool(out["ratio_init"] < 0.5 and out["ratio_max"] >= 2 * out["ratio_init"])
+    return out
+
+
+def plot_ratio(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, caption: str = ""):
+    """Ratio permuted / unpermuted per layer against epoch (top) and the accuracies (bottom)."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    for layer, d in table.groupby("layer", sort=False):
+        style = dict(color="k", lw=2.5) if layer == ALL else dict(lw=1.3)
+        ax.plot(d["epoch"], d["ratio"], marker="o", ms=3, label=layer, **style)
+    ax.axhline(1, color="grey", lw=0.8, ls=":")
+    ax.set_yscale("log")
+    ax.set_ylabel("||permuted part|| / ||unpermuted part||")
+    ax.legend(fontsize=8, ncol=3)
+    for name, label in (("acc_unpermuted", "unpermuted (true label)"),
+                        ("acc_permuted_train", "permuted, training label (memorized)"), ("acc_test", "test")):
+        bx.plot(metrics["epoch"], metrics[name], label=label)
+    bx.set_ylabel("accuracy")
+    bx.set_xlabel("epoch")
+    bx.legend(fontsize=8)
+    for a in (ax, bx):
+        a.axvline(early_stop, color="tab:red", ls="--", lw=1)
+    ax.text(early_stop, ax.get_ylim()[1], " early stop", color="tab:red", va="top", fontsize=8)
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(table: pd.DataFrame, slopes: pd.DataFrame, layers: Sequence[str] | None = None, caption: str = ""):
+    """Log-log: group-sum norms against n (left) and the per-example ratio with its fit (right)."""
+    import matplotlib.pyplot as plt
+
+    layers = list(layers or table["layer"].unique())
+    mean = table.groupby(["layer", "group", "n"], sort=False)["norm"].mean().reset_index()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, layer in enumerate(layers):
+        c = colors[i % len(colors)]
+        d = mean[mean["layer"] == layer]
+        s = slopes.set_index("layer").loc[layer]
+        for g, ls in (("unpermuted", "-"), ("permuted", "--")):
+            dg = d[d["group"] == g].sort_values("n")
+            ax.plot(dg["n"], dg["norm"] / dg["norm"].iloc[0], ls, color=c, marker="o", ms=3,
+                    label=f"{layer} {g} ({s[f'slope_{g}']:.2f})")
+        u = d[d["group"] == "unpermuted"].set_index("n")["norm"]
+        p = d[d["group"] == "permuted"].set_index("n")["norm"]
+        ratio = (p / u).sort_index()
+        bx.plot(ratio.index, ratio.values, marker="o", ms=3, color=c, label=f"{layer} (slope {s['slope_ratio']:.2f})")
+    n = np.array(sorted(table["n"].unique()), dtype=float)
+    ax.plot(n, n / n[0], color="grey", lw=0.8, ls=":", label="slope 1")
+    ax.plot(n, np.sqrt(n / n[0]), color="grey", lw=0.8, ls="-.", label="slope 1/2")
+    ax.set(xscale="log", yscale="log", xlabel="n examples per group", ylabel="||sum of n gradients|| (rel. to smallest n)")
+    ax.legend(fontsize=7)
+    ref = bx.get_lines()[0].get_ydata()[0] if bx.get_lines() else 1.0
+    bx.plot(n, ref * (n / n[0]) ** -0.5, color="grey", ls=":", label="predicted slope -1/2")
+    bx.set(xscale="log", yscale="log", xlabel="n examples per group", ylabel="per-example ratio permuted / unpermuted")
+    bx.legend(fontsize=7)
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_coherence(table: pd.DataFrame, early_stop: int, caption: str = ""):
+    """Coherence of each group against epoch, one panel per group, one line per layer."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, g in zip(axes, GROUPS):
+        for layer, d in table.groupby("layer", sort=False):
+            style = dict(color="k", lw=2.5) if layer == ALL else dict(lw=1.3)
+            ax.plot(d["epoch"], d[f"coherence_{g}"], marker="o", ms=3, label=layer, **style)
+            n_g = d[f"n_{g}"].iloc[0]
+        ax.axhline(1 / n_g, color="grey", ls=":", lw=1, label=f"1/n (orthogonal), n={n_g}")
+        ax.axvline(early_stop, color="tab:red", ls="--", lw=1)
+        ax.set(yscale="log", xlabel="epoch", title=f"{g} examples")
+    axes[0].set_ylabel("coherence ||sum g||^2 / (n sum ||g||^2)")
+    axes[0].legend(fontsize=7, ncol=2)
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    fig.tight_layout()
+    return fig
