@@ -344,14 +344,14 @@ def _check_epochs(run: Run, epochs) -> None:
 
 
 def default_epochs(run: Run, n: int = 8, final_epoch: int | None = None) -> list[int]:
-    """About `n` saved epochs to rewind to: 0, the early-stopping epoch, and roughly log-spaced
-    epochs up to (not including) the final one."""
+    """About `n` saved epochs to rewind to: 0, the early-stopping epoch (even when it is the final
+    one, so that the summaries have it), and roughly log-spaced epochs before the final one."""
     final = run.config.epochs if final_epoch is None else final_epoch
     saved = [e for e in run.checkpoint_epochs if e < final]
     if not saved:
         return []
     es = run.early_stop_epoch
-    chosen = {saved[0]} | ({es} if es in saved else set())
+    chosen = {saved[0]} | ({es} if es in run.checkpoint_epochs and es <= final else set())
     k = max(n - len(chosen), 0)
     targets = np.geomspace(1, max(final - 1, 1), num=k) if k else []
     for t in targets:
@@ -423,6 +423,9 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
         check_compatible(final, source, f"checkpoint {run.checkpoint_path(epoch)}")
         new = []
         seen: dict[tuple, dict] = {}
+        if epoch == final_epoch:    # rewinding to the final epoch changes nothing: one evaluation
+            same = evaluate_from(final, names[0], inputs)
+            seen = {tuple(layers_for(final, l, m)): same for m in modes for l in layers}
         for mode in modes:
             for layer in layers:
                 rewound = layers_for(final, layer, mode)

@@ -228,3 +228,18 @@ def test_summaries(run, data):
 def test_default_epochs(run):
     eps = rw.default_epochs(run, n=8)
     assert eps[0] == 0 and max(eps) < 3 and eps == sorted(set(eps))
+
+
+def test_summaries_when_the_peak_is_the_final_epoch(cifar_root, tmp_path):
+    # seed 0: test accuracy is highest at the last epoch; nothing to recover, nothing may crash.
+    run = train(small(), runs_dir=tmp_path, data_root=cifar_root, progress=False)
+    assert run.early_stop_epoch == 3
+    eps = rw.default_epochs(run)
+    assert 3 in eps
+    table = rw.rewind_table(run, epochs=eps, layers=["conv4", "logits"], data=run.load_data(root=cifar_root))
+    at_final = table[table["epoch"] == 3]
+    assert (at_final["acc_test"] == run.metrics.set_index("epoch").loc[3, "acc_test"]).all()
+    s = rw.summary(table, run)
+    assert s["gap"] == 0 and math.isnan(s["late_best_fraction"]) and s["claim_holds"] is False
+    ms = rw.maini_summary(table, run)
+    assert ms["n_layers"] == 2
