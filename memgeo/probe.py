@@ -1,0 +1,266 @@
+"""Probing a run: manifolds of four types, layer activations, and their geometry over epochs.
+
+Manifold types (paper Fig. 1A), each P manifolds x M examples:
+- ``unpermuted``: training examples whose label was not changed, grouped by that label;
+- ``permuted``: examples whose label was changed, grouped by their (wrong) training label;
+  high capacity here means memorization;
+- ``restored``: the same pool of changed examples grouped by their true label; high capacity here
+  means the network still represents the true classes of mislabelled images;
+- ``test``: held-out images grouped by their label.
+
+The manifold sets are drawn once per run (fixed by the probe seed) and reused at every epoch; each
+layer has one fixed random projection (shared across epochs and types) when it is wider than
+`proj_dim`. Features are the block outputs (post-activation; after pooling where a block pools),
+taken in eval mode. Results are cached in the run folder under `geometry/<probe hash>/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import ConfigError, ProbeConfig
+from .data import LabelledData, derived_seed
+from .geometry import RandomProjection, analyze
+from .models import BlockNet
+from .train import Run, atomic_write_text
+
+TYPES = ("unpermuted", "permuted", "restored", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifoldSet:
+    """Indices of the examples of every manifold: `index[type][p]` is an (M,) array into the
+    training set (or the test set for type "test"); `classes[p]` is the class of manifold p."""
+
+    classes: tuple[int, ...]
+    index: dict
+
+    def images(self, data: LabelledData, kind: str) -> torch.Tensor:
+        src = data.x_test if kind == "test" else data.x_train
+        return src[torch.as_tensor(np.concatenate(self.index[kind]), device=src.device)]
+
+
+def sample_manifolds(data: LabelledData, P: int, M: int, seed: int = 0, types=TYPES) -> ManifoldSet:
+    """Draw P manifolds of M examples for each type (deterministic by seed).
+
+    Fails clearly when a class has fewer than M examples of a type, saying how many it has.
+    """
+    C = data.num_classes
+    if P > C:
+        raise ConfigError(f"P={P} manifolds but the dataset has {C} classes: use P <= {C}")
+    rng = np.random.default_rng(derived_seed(seed, "manifolds"))
+    classes = tuple(sorted(rng.choice(C, P, replace=False).tolist())) if P < C else tuple(range(C))
+    perm = data.permuted.cpu().numpy()
+    true, train = data.true_label.cpu().numpy(), data.train_label.cpu().numpy()
+    pools = {"unpermuted": (~perm, true), "permuted": (perm, train), "restored": (perm, true),
+             "test": (np.ones(len(data.y_test), bool), data.y_test.cpu().numpy())}
+    index = {}
+    for kind in types:
+        mask, labels = pools[kind]
+        sets = []
+        for c in classes:
+            idx = np.flatnonzero(mask & (labels == c))
+            if len(idx) < M:
+                raise ConfigError(
+                    f"manifold type {kind!r}: class {c} has only {len(idx)} examples, but M={M} were asked "
+                    f"for: lower probe.M to <= {len(idx)}, or use more training examples per class"
+                    + (" or a larger eps" if kind in ("permuted", "restored") else ""))
+            sets.append(np.sort(rng.choice(idx, M, replace=False)))
+        index[kind] = sets
+    return ManifoldSet(classes, index)
+
+
+class Probe:
+    """Layer activations of the manifold examples, randomly projected to at most `proj_dim`.
+
+    One projection per layer, fixed by (seed, layer) and reused for every epoch and type."""
+
+    def __init__(self, layer_names, proj_dim: int = 5000, seed: int = 0):
+        self.layer_names = list(layer_names)
+        self.proj_dim = proj_dim
+        self.seed = seed
+        self._proj: dict[str, RandomProjection] = {}
+
+    def projection(self, layer: str, n_in: int) -> RandomProjection:
+        p = self._proj.get(layer)
+        if p is None or p.n_in != n_in:
+            p = RandomProjection(n_in, self.proj_dim, derived_seed(self.seed, "projection", layer) % (2 ** 31))
+            self._proj[layer] = p
+        return p
+
+    @torch.no_grad()
+    def layer_features(self, model: BlockNet, x: torch.Tensor, normalise, layer: str,
+                       batch_size: int = 250) -> np.ndarray:
+        """(n, d) float64 features of `layer` for uint8 images x, d <= proj_dim. Only this layer's
+        features are held, so peak memory is one layer at a time."""
+        was_training = model.training
+        model.eval()
+        dev = next(model.parameters()).device
+        out = []
+        for i in range(0, len(x), batch_size):
+            xb = normalise(x[i:i + batch_size].to(dev)).contiguous(memory_format=torch.channels_last)
+            f = model.forward_features(xb, [layer])[layer].flatten(1).float()
+            out.append(self.projection(layer, f.shape[1])(f).cpu())
+        model.train(was_training)
+        return torch.cat(out).double().numpy()
+
+    def features(self, model: BlockNet, data: LabelledData, mset: ManifoldSet, kind: str, layer: str) -> list:
+        """P arrays (M, d): the manifolds of one type at one layer."""
+        x = mset.images(data, kind)
+        f = self.layer_features(model, x, data.normalise, layer)
+        return np.split(f, np.cumsum([len(i) for i in mset.index[kind]])[:-1])
+
+
+def probe_hash(probe: ProbeConfig, seed: int) -> str:
+    d = {k: getattr(probe, k) for k in ("P", "M", "n_t", "kappa", "proj_dim")}
+    d["seed"] = seed
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def select_epochs(run: Run, probe: ProbeConfig) -> list[int]:
+    """Epochs to analyse: explicit list, or "auto": initialisation, the early-stopping epoch, the
+    epoch where permuted examples are half fitted, the end, and log-spaced ones between."""
+    saved = run.checkpoint_epochs
+    if probe.epochs != "auto":
+        wanted = [int(e) for e in probe.epochs.split(",")]
+        missing = [e for e in wanted if e not in saved]
+        if missing:
+            raise ConfigError(f"probe.epochs asks for {missing}, which have no checkpoint; saved: {saved}")
+        return sorted(set(wanted))
+    m = run.metrics
+    key = {0, run.early_stop_epoch, saved[-1]}
+    half = m.loc[m["acc_permuted_train"] >= 0.5, "epoch"]
+    if len(half):
+        key.add(int(half.iloc[0]))
+    key &= set(saved)
+    grid = np.unique(np.round(np.geomspace(1, max(saved[-1], 1), 4 * probe.max_epochs)).astype(int))
+    for e in grid:
+        if len(key) >= probe.max_epochs:
+            break
+        near = min(saved, key=lambda s: abs(s - e))
+        key.add(near)
+    return sorted(key)
+
+
+def geometry_over_epochs(run: Run, probe: ProbeConfig, epochs=None, layers=None, types=TYPES,
+                         progress: bool = True, device="cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Geometry for every (epoch x layer x type), cached in the run folder.
+
+    Returns (summary, per_manifold): tidy tables. Epochs already in the cache are not recomputed;
+    each finished epoch is written at once, so an interrupted analysis resumes.
+    """
+    seed = run.config.seed
+    folder = run.path / "geometry" / probe_hash(probe, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "probe.json", json.dumps({**dataclasses.asdict(probe), "seed": seed}, indent=2))
+    epochs = select_epochs(run, probe) if epochs is None else list(epochs)
+    data = run.load_data(device)
+    mset = sample_manifolds(data, probe.P, probe.M, seed, types)
+    summary_file, per_file = folder / "summary.csv", folder / "per_manifold.csv"
+    summary = pd.read_csv(summary_file) if summary_file.exists() else pd.DataFrame()
+    per = pd.read_csv(per_file) if per_file.exists() else pd.DataFrame()
+    pr = Probe([], probe.proj_dim, seed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(epochs), desc=f"geometry [{run.path.name}]", unit="epoch", leave=False)
+    for epoch in epochs:
+        model = run.load_model(epoch, device)
+        names = model.layer_names if layers is None else list(layers)
+        have = summary[summary["epoch"] == epoch] if len(summary) else summary
+        todo = [(l, k) for l in names for k in types
+                if not len(have) or not ((have["layer"] == l) & (have["type"] == k)).any()]
+        rows, prow = [], []
+        for layer in names:
+            for kind in types:
+                if (layer, kind) not in todo:
+                    continue
+                feats = pr.features(model, data, mset, kind, layer)
+                res = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=seed)
+                rows.append({"epoch": epoch, "layer": layer, "depth": model.layer_names.index(layer),
+                             "type": kind, "capacity": res.capacity, "radius": res.radius,
+                             "dimension": res.dimension, "center_correlation": res.center_correlation,
+                             "K": res.K, "features": feats[0].shape[1]})
+                for p, c in enumerate(mset.classes):
+                    prow.append({"epoch": epoch, "layer": layer, "type": kind, "manifold": c,
+                                 "capacity": res.per_manifold.capacity[p], "radius": res.per_manifold.radius[p],
+                                 "dimension": res.per_manifold.dimension[p]})
+        if rows:
+            summary = pd.concat([summary, pd.DataFrame(rows)], ignore_index=True)
+            per = pd.concat([per, pd.DataFrame(prow)], ignore_index=True)
+            atomic_write_text(per_file, per.to_csv(index=False))
+            atomic_write_text(summary_file, summary.to_csv(index=False))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    keep = summary["epoch"].isin(epochs)
+    if layers is not None:
+        keep &= summary["layer"].isin(list(layers))
+    keep &= summary["type"].isin(list(types))
+    s = summary[keep].sort_values(["epoch", "depth", "type"]).reset_index(drop=True)
+    pm = per[per["epoch"].isin(epochs) & per["type"].isin(list(types))]
+    pm = pm[pm["layer"].isin(s["layer"].unique())].reset_index(drop=True)
+    return s, pm
+
+
+def select_sim_epochs(run: Run, probe: ProbeConfig, analysed: list[int]) -> list[int]:
+    """Epochs for the simulated-capacity check: initialisation, early stop and end ("auto")."""
+    if probe.sim_epochs != "auto":
+        return sorted({int(e) for e in probe.sim_epochs.split(",")})
+    return sorted({analysed[0], run.early_stop_epoch, analysed[-1]} & set(analysed))
+
+
+def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("unpermuted", "permuted"),
+                    progress: bool = True, device="cpu") -> pd.DataFrame:
+    """Simulated capacity (random projections, random dichotomies, exact separability) next to the
+    mean-field capacity of the same manifolds, for the paper's Fig. 1B check. Cached like the
+    geometry. Both see the same data: global mean removed and the low-rank center subspace
+    projected out, as the mean-field analysis does."""
+    from .geometry import simulated_capacity
+    seed = run.config.seed
+    folder = run.path / "geometry" / probe_hash(probe, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = folder / f"simulated_{probe.sim_dichotomies}.csv"
+    df = pd.read_csv(cache) if cache.exists() else pd.DataFrame()
+    data = run.load_data(device)
+    mset = sample_manifolds(data, probe.P, probe.M, seed, TYPES)
+    pr = Probe([], probe.proj_dim, seed)
+    jobs = []
+    for epoch in epochs:
+        names = run.load_model(epoch).layer_names if layers is None else list(layers)
+        for layer in names:
+            for kind in types:
+                done = len(df) and ((df["epoch"] == epoch) & (df["layer"] == layer) & (df["type"] == kind)).any()
+                if not done:
+                    jobs.append((epoch, layer, kind))
+    bar = None
+    if progress and jobs:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(jobs), desc="simulated capacity", leave=False)
+    model_epoch, model = None, None
+    for epoch, layer, kind in jobs:
+        if epoch != model_epoch:
+            model, model_epoch = run.load_model(epoch, device), epoch
+        feats = pr.features(model, data, mset, kind, layer)
+        mf = analyze(feats, kappa=0.0, n_t=probe.n_t, seed=seed)
+        sim = simulated_capacity(feats, n_dichotomies=probe.sim_dichotomies, seed=seed, remove_center_subspace=True)
+        row = {"epoch": epoch, "layer": layer, "depth": model.layer_names.index(layer), "type": kind,
+               "capacity_meanfield": mf.capacity, "capacity_simulated": sim.capacity,
+               "capacity_simulated_err": sim.capacity_err}
+        df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
+        atomic_write_text(cache, df.to_csv(index=False))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    keep = df["epoch"].isin(list(epochs)) & df["type"].isin(list(types))
+    if layers is not None:
+        keep &= df["layer"].isin(list(layers))
+    return df[keep].sort_values(["epoch", "depth", "type"]).reset_index(drop=True)
