@@ -70,6 +70,7 @@ class GradientSettings:
     repeats: int = 4                # random nested subsets per group in the scaling test
     pool_factor: int = 2            # scaling pool per group = pool_factor * max(sizes)
     scaling_epoch: int = 0          # the checkpoint the scaling test uses (0 = initialisation)
+    balanced: bool = True           # scaling subsets balanced over training labels (within one)
     seed: int = 0
     batch_size: int = 64            # examples per vmap call (memory only; not in the cache key)
 
@@ -82,11 +83,12 @@ class GradientSettings:
             raise ConfigError("repeats, pool_factor and batch_size must be >= 1 and max_epochs >= 2")
 
     def epochs_hash(self) -> str:
-        return _short_hash({"n_examples": self.n_examples, "seed": self.seed, "version": 1})
+        return _short_hash({"n_examples": self.n_examples, "seed": self.seed, "version": 2})
 
     def scaling_hash(self) -> str:
         return _short_hash({"sizes": list(self.sizes), "repeats": self.repeats, "pool_factor": self.pool_factor,
-                            "epoch": self.scaling_epoch, "seed": self.seed, "version": 1})
+                            "epoch": self.scaling_epoch, "seed": self.seed, "balanced": self.balanced,
+                            "version": 2})
 
 
 def _short_hash(d: dict) -> str:
@@ -267,13 +269,29 @@ def gradient_split(grad_fn: GradFn, index: np.ndarray, permuted: np.ndarray,
     return GradientSplit(subset_gradient_sums(grad_fn, np.asarray(index), member, batch_size), len(index))
 
 
+def stratified_sample(strata: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n indices drawn without replacement, each stratum getting its proportional share
+    (largest remainders), so the sample has the composition of the whole (sorted)."""
+    keys, counts = np.unique(strata, return_counts=True)
+    share = counts * n / len(strata)
+    take = np.floor(share).astype(int)
+    rest = n - take.sum()
+    if rest:
+        take[np.argsort(-(share - take), kind="stable")[:rest]] += 1
+    out = [rng.choice(np.flatnonzero(strata == k), t, replace=False) for k, t in zip(keys, take)]
+    return np.sort(np.concatenate(out))
+
+
 def gradient_sample(data: LabelledData, n_examples: int, seed: int = 0) -> np.ndarray:
-    """The fixed random sample of the training subset used at every epoch (sorted; all if 0)."""
+    """The fixed random sample of the training subset used at every epoch (sorted; all if 0).
+
+    Stratified by (permuted, training label): it has the composition of the whole training subset,
+    so its gradient is the subset's gradient without the noise of random class counts."""
     n = len(data.x_train)
     if n_examples == 0 or n_examples >= n:
         return np.arange(n)
-    rng = np.random.default_rng(derived_seed(seed, "gradients", "sample"))
-    return np.sort(rng.choice(n, n_examples, replace=False))
+    strata = data.permuted.cpu().numpy().astype(np.int64) * 100_000 + data.train_label.cpu().numpy()
+    return stratified_sample(strata, n_examples, np.random.default_rng(derived_seed(seed, "gradients", "sample")))
 
 
 def split_at_epoch(run: Run, epoch: int, data: LabelledData, settings: GradientSettings) -> GradientSplit:
@@ -373,9 +391,25 @@ def _bar(progress: bool, total: int, desc: str):
 # ---------------------------------------------------------------------------------------------
 # The scaling test
 
-def nested_subsets(pools: Mapping[str, np.ndarray], sizes: Sequence[int], repeats: int, seed: int = 0):
+def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random order of positions 0..len(labels)-1 whose every prefix is balanced over the labels
+    to within one example: round-robin over the labels (in a random order), each label's examples
+    in random order, labels that run out dropping out of the rotation."""
+    classes = rng.permutation(np.unique(labels))
+    queues = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
+    order = []
+    while any(queues):
+        for q in queues:
+            if q:
+                order.append(q.pop())
+    return np.asarray(order, dtype=np.int64)
+
+
+def nested_subsets(pools: Mapping[str, np.ndarray], sizes: Sequence[int], repeats: int, seed: int = 0,
+                   labels: np.ndarray | None = None):
     """Nested random subsets of each group's pool: for every repeat a random order of the pool, and
-    its first n elements for every n in `sizes`.
+    its first n elements for every n in `sizes`. With `labels` (indexed by the pool's entries) the
+    order is balanced (`balanced_order`): every subset holds the labels in equal numbers (within one).
 
     Returns (pool, membership, keys): the concatenated pool, an (S, N) 0/1 matrix and one
     (group, repeat, n) key per row.
@@ -391,8 +425,12 @@ def nested_subsets(pools: Mapping[str, np.ndarray], sizes: Sequence[int], repeat
     rng = np.random.default_rng(derived_seed(seed, "gradients", "scaling-order"))
     rows, keys = [], []
     for gi, g in enumerate(groups):
+        members = np.asarray(pools[g])
         for r in range(repeats):
-            order = rng.permutation(len(pools[g]))
+            if labels is None:
+                order = rng.permutation(len(members))
+            else:
+                order = balanced_order(np.asarray(labels)[members], rng)
             for n in sizes:
                 row = np.zeros(len(pool))
                 row[offsets[gi] + order[:n]] = 1.0
@@ -402,13 +440,14 @@ def nested_subsets(pools: Mapping[str, np.ndarray], sizes: Sequence[int], repeat
 
 
 def scaling_table(grad_fn: GradFn, pools: Mapping[str, np.ndarray], sizes: Sequence[int], repeats: int,
-                  seed: int = 0, batch_size: int | None = None) -> pd.DataFrame:
+                  seed: int = 0, batch_size: int | None = None, labels: np.ndarray | None = None) -> pd.DataFrame:
     """||sum of per-example gradients|| of random subsets of growing size n, per group and layer.
 
     Tidy: one row per (layer, group, repeat, n) with `norm` = ||sum_i g_i||, `per_example` =
-    norm / n, `sq` = sum_i ||g_i||^2 and `coherence` = norm^2 / (n sq).
+    norm / n, `sq` = sum_i ||g_i||^2 and `coherence` = norm^2 / (n sq). `labels` (indexed by pool
+    entries): balance every subset over them (see `nested_subsets`).
     """
-    pool, member, keys = nested_subsets(pools, sizes, repeats, seed)
+    pool, member, keys = nested_subsets(pools, sizes, repeats, seed, labels)
     sums = subset_gradient_sums(grad_fn, pool, member, batch_size)
     gram, sq = sums.gram(), sums.sq_all()
     rows = []
@@ -481,14 +520,21 @@ def output_uniformity(model: BlockNet, data: LabelledData, index: np.ndarray) ->
 
 
 def scaling_pools(data: LabelledData, settings: GradientSettings) -> "dict[str, np.ndarray]":
-    """Random pools of each group (pool_factor * max(sizes) examples, or all there are)."""
+    """Random pools of each group: pool_factor * max(sizes) examples (or all there are), with the
+    group's composition of training labels when `settings.balanced` (stratified draw)."""
     perm = data.permuted.cpu().numpy()
+    labels = data.train_label.cpu().numpy()
     rng = np.random.default_rng(derived_seed(settings.seed, "gradients", "scaling-pool"))
     want = settings.pool_factor * max(settings.sizes)
     pools = {}
     for g, mask in (("unpermuted", ~perm), ("permuted", perm)):
         idx = np.flatnonzero(mask)
-        pools[g] = np.sort(rng.choice(idx, min(want, len(idx)), replace=False))
+        if want >= len(idx):
+            pools[g] = idx
+        elif settings.balanced:
+            pools[g] = idx[stratified_sample(labels[idx], want, rng)]
+        else:
+            pools[g] = np.sort(rng.choice(idx, want, replace=False))
     return pools
 
 
@@ -500,8 +546,9 @@ def scaling_at_epoch(run: Run, settings: GradientSettings, data: LabelledData | 
         return pd.read_csv(path)
     data = data if data is not None else run.load_data()
     model = run.load_model(settings.scaling_epoch, device=data.x_train.device)
+    labels = data.train_label.cpu().numpy() if settings.balanced else None
     table = scaling_table(model_grad_fn(model, data, settings.batch_size), scaling_pools(data, settings),
-                          settings.sizes, settings.repeats, settings.seed, settings.batch_size)
+                          settings.sizes, settings.repeats, settings.seed, settings.batch_size, labels)
     table.insert(0, "epoch", settings.scaling_epoch)
     _write_cache(path, table, settings)
     return table
@@ -546,6 +593,7 @@ def plot_ratio(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, capt
         ax.plot(d["epoch"], d["ratio"], marker="o", ms=3, label=layer, **style)
     ax.axhline(1, color="grey", lw=0.8, ls=":")
     ax.set_yscale("log")
+    _plain_log_ticks(ax)
     ax.set_ylabel("||permuted part|| / ||unpermuted part||")
     ax.legend(fontsize=8, ncol=3)
     for name, label in (("acc_unpermuted", "unpermuted (true label)"),
@@ -588,14 +636,31 @@ def plot_scaling(table: pd.DataFrame, slopes: pd.DataFrame, layers: Sequence[str
     ax.plot(n, np.sqrt(n / n[0]), color="grey", lw=0.8, ls="-.", label="slope 1/2")
     ax.set(xscale="log", yscale="log", xlabel="n examples per group", ylabel="||sum of n gradients|| (rel. to smallest n)")
     ax.legend(fontsize=7)
-    ref = bx.get_lines()[0].get_ydata()[0] if bx.get_lines() else 1.0
+    ref = bx.get_lines()[-1].get_ydata()[0] if bx.get_lines() else 1.0    # anchored on the last layer
     bx.plot(n, ref * (n / n[0]) ** -0.5, color="grey", ls=":", label="predicted slope -1/2")
     bx.set(xscale="log", yscale="log", xlabel="n examples per group", ylabel="per-example ratio permuted / unpermuted")
     bx.legend(fontsize=7)
+    for a in (ax, bx):
+        _plain_log_ticks(a)
     if caption:
         fig.suptitle(caption, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _plain_log_ticks(ax) -> None:
+    """Plain numbers instead of powers of ten on log axes."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
+
+    if ax.get_xscale() == "log":
+        ax.set_xticks(sorted({int(t) for line in ax.get_lines() for t in line.get_xdata()}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    plain = FuncFormatter(lambda y, _: f"{y:.3g}")
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if np.log10(hi / lo) < 1.2 else NullFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
 def plot_coherence(table: pd.DataFrame, early_stop: int, caption: str = ""):
@@ -608,9 +673,10 @@ def plot_coherence(table: pd.DataFrame, early_stop: int, caption: str = ""):
             style = dict(color="k", lw=2.5) if layer == ALL else dict(lw=1.3)
             ax.plot(d["epoch"], d[f"coherence_{g}"], marker="o", ms=3, label=layer, **style)
             n_g = d[f"n_{g}"].iloc[0]
-        ax.axhline(1 / n_g, color="grey", ls=":", lw=1, label=f"1/n (orthogonal), n={n_g}")
+        ax.axhline(1 / n_g, color="grey", ls=":", lw=1, label="1/n (orthogonal)")
         ax.axvline(early_stop, color="tab:red", ls="--", lw=1)
-        ax.set(yscale="log", xlabel="epoch", title=f"{g} examples")
+        ax.set(yscale="log", xlabel="epoch", title=f"{g} examples (n = {n_g})")
+        _plain_log_ticks(ax)
     axes[0].set_ylabel("coherence ||sum g||^2 / (n sum ||g||^2)")
     axes[0].legend(fontsize=7, ncol=2)
     if caption:

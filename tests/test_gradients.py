@@ -99,6 +99,27 @@ def test_subset_sums_match_direct_sums():
         G.subset_gradient_sums(_const_fn(vecs), np.arange(20), member[:, :5])
 
 
+def test_balanced_order_and_stratified_sample():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), [30, 20, 25, 40, 10])
+    order = G.balanced_order(labels, rng)
+    assert sorted(order) == list(range(len(labels)))
+    for n in (1, 7, 23, 50):                     # every prefix balanced within one while all labels last
+        counts = np.bincount(labels[order[:n]], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    idx = G.stratified_sample(labels, 25, rng)
+    assert len(set(idx)) == 25 and list(np.bincount(labels[idx])) == [6, 4, 5, 8, 2]
+
+
+def test_fixed_sample_has_the_composition_of_the_training_subset(tiny_run):
+    _, data = tiny_run
+    idx = G.gradient_sample(data, 100, seed=0)
+    assert len(set(idx)) == 100 and (G.gradient_sample(data, 100, seed=0) == idx).all()
+    perm = data.permuted.numpy()
+    assert abs(perm[idx].sum() - perm.mean() * 100) <= 1 + 20 * 0.5   # proportional (largest remainders)
+    assert (G.gradient_sample(data, 0) == np.arange(len(perm))).all()
+
+
 def linear_readout_fn(C=10, d=64, N=4096, seed=0):
     """Per-example gradients of a zero-initialised linear readout (outputs exactly uniform):
     g_i = (1/C - y_i) h_i^T. Examples < N/2 have features centred on their label's mean (coherent);
@@ -111,13 +132,15 @@ def linear_readout_fn(C=10, d=64, N=4096, seed=0):
     err = 1.0 / C - np.eye(C)[y]
     g = torch.as_tensor(np.einsum("nc,nd->ncd", err, h).reshape(N, -1))
     mu = (np.full(C, 1.0 / C)[:, None] * means.mean(0)[None] - means / C)   # E[(1/C - y) h^T]
-    return _const_fn(g), {"unpermuted": np.arange(N // 2), "permuted": np.arange(N // 2, N)}, float((mu ** 2).sum())
+    pools = {"unpermuted": np.arange(N // 2), "permuted": np.arange(N // 2, N)}
+    return _const_fn(g), pools, float((mu ** 2).sum()), y
 
 
-def test_scaling_on_a_linear_readout_with_random_features():
-    fn, pools, mu2 = linear_readout_fn()
+@pytest.mark.parametrize("balanced", [False, True])
+def test_scaling_on_a_linear_readout_with_random_features(balanced):
+    fn, pools, mu2, y = linear_readout_fn()
     sizes = (16, 32, 64, 128, 256, 512)
-    table = G.scaling_table(fn, pools, sizes, repeats=6, seed=0, batch_size=512)
+    table = G.scaling_table(fn, pools, sizes, repeats=6, seed=0, batch_size=512, labels=y if balanced else None)
     assert set(table["n"]) == set(sizes) and len(table) == 2 * 6 * len(sizes) * 2   # layer "w" and "all"
     slopes = G.fit_slopes(table).set_index("layer").loc["w"]
     assert slopes["slope_unpermuted"] == pytest.approx(1.0, abs=0.1)    # coherent: ~ n
@@ -128,9 +151,12 @@ def test_scaling_on_a_linear_readout_with_random_features():
     assert abs(comp.loc[("w", "permuted"), "mu2"]) < 0.05 * mu2
     assert comp.loc[("w", "unpermuted"), "n_cross"] < 16
     # nested subsets: every repeat's subsets grow by inclusion, sizes are exact
-    pool, member, keys = G.nested_subsets(pools, sizes, 2, seed=0)
+    pool, member, keys = G.nested_subsets(pools, sizes, 2, seed=0, labels=y if balanced else None)
     assert (member.sum(1) == [k[2] for k in keys]).all()
     assert ((member[1] >= member[0]) & (member[0] <= 1)).all()
+    if balanced:
+        counts = np.bincount(y[pool[member[3] > 0]], minlength=10)
+        assert counts.max() - counts.min() <= 1
     with pytest.raises(ConfigError, match="scaling test needs"):
         G.nested_subsets({"a": np.arange(10)}, (4, 16), 1)
 
