@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from memgeo.config import ConfigError, ProbeConfig, RunConfig
+from memgeo.data import load_data
+from memgeo.models import build_model
+from memgeo.probe import Probe, geometry_over_epochs, sample_manifolds, select_epochs
+from memgeo.train import train
+
+
+@pytest.fixture(scope="module")
+def data(cifar_root):
+    return load_data(RunConfig(unverified_local_copy=True, train_per_class=40, test_per_class=20, eps=0.5), cifar_root)
+
+
+def test_manifold_types_counts_and_labels(data):
+    ms = sample_manifolds(data, P=5, M=6, seed=0)
+    assert len(ms.classes) == 5 and set(ms.index) == {"unpermuted", "permuted", "restored", "test"}
+    perm = data.permuted.numpy()
+    for p, c in enumerate(ms.classes):
+        u, pe, r, t = (ms.index[k][p] for k in ("unpermuted", "permuted", "restored", "test"))
+        assert all(len(i) == 6 and len(set(i)) == 6 for i in (u, pe, r, t))
+        assert not perm[u].any() and (data.true_label.numpy()[u] == c).all()
+        assert perm[pe].all() and (data.train_label.numpy()[pe] == c).all()     # by training label
+        assert perm[r].all() and (data.true_label.numpy()[r] == c).all()        # by true label
+        assert (data.y_test.numpy()[t] == c).all()
+    again = sample_manifolds(data, P=5, M=6, seed=0)
+    assert all(np.array_equal(a, b) for k in ms.index for a, b in zip(ms.index[k], again.index[k]))
+    other = sample_manifolds(data, P=5, M=6, seed=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(ms.index["test"], other.index["test"]))
+
+
+def test_too_few_examples_says_how_many(data):
+    perm_counts = np.bincount(data.train_label.numpy()[data.permuted.numpy()], minlength=10)
+    with pytest.raises(ConfigError, match=r"manifold type 'permuted': class \d+ has only \d+ examples"):
+        sample_manifolds(data, P=10, M=int(perm_counts.min()) + 1, seed=0)
+    with pytest.raises(ConfigError, match="P=11 manifolds but the dataset has 10 classes"):
+        sample_manifolds(data, P=11, M=2, seed=0)
+
+
+def test_probe_layers_projection_and_eval_mode(data):
+    model = build_model(RunConfig(width=8)).train()
+    ms = sample_manifolds(data, P=3, M=4, seed=0)
+    pr = Probe([], proj_dim=300, seed=0)
+    feats = {l: pr.features(model, data, ms, "test", l) for l in model.layer_names}
+    assert model.training                                    # mode restored after probing
+    # Widths in layer order: input 3072, conv1 2048, conv2 1024, conv3 512 are projected to 300;
+    # conv4 (64 x 2 x 2 = 256) and the logits keep their own.
+    assert [f[0].shape[1] for f in feats.values()] == [300, 300, 300, 300, 256, 10]
+    assert all(len(f) == 3 and f[0].shape[0] == 4 for f in feats.values())
+    # Features are taken in eval mode: equal to a direct eval forward pass.
+    x = ms.images(data, "test")
+    with torch.no_grad():
+        direct = model.eval()(data.normalise(x)).numpy()
+    model.train()
+    np.testing.assert_allclose(np.concatenate(feats["logits"]), direct, rtol=1e-5, atol=1e-5)
+    # One projection per layer, reused: the same matrix object and identical outputs next time.
+    proj = pr._proj["conv1"]
+    again = pr.features(model, data, ms, "test", "conv1")
+    assert pr._proj["conv1"] is proj
+    np.testing.assert_array_equal(np.concatenate(again), np.concatenate(feats["conv1"]))
+
+
+def test_geometry_table_is_cached_and_tidy(cifar_root, tmp_path, monkeypatch):
+    cfg = RunConfig(unverified_local_copy=True, train_per_class=40, test_per_class=20, eps=0.5, width=4,
+                    epochs=2, batch_size=32)
+    run = train(cfg, runs_dir=tmp_path, data_root=cifar_root, progress=False)
+    monkeypatch.setenv("MEMGEO_DATA_ROOT", str(cifar_root))
+    probe = ProbeConfig(P=3, M=5, n_t=20, proj_dim=200, epochs="0,2")
+    assert select_epochs(run, probe) == [0, 2]
+    s, pm = geometry_over_epochs(run, probe, layers=["conv2", "logits"], progress=False)
+    assert len(s) == 2 * 2 * 4 and len(pm) == len(s) * 3
+    assert set(s.columns) >= {"epoch", "layer", "type", "capacity", "radius", "dimension",
+                              "center_correlation", "K"}
+    assert np.isfinite(s[["capacity", "radius", "dimension"]].to_numpy()).all()
+    file = next((run.path / "geometry").glob("*/summary.csv"))
+    mtime = file.stat().st_mtime
+    s2, _ = geometry_over_epochs(run, probe, layers=["conv2", "logits"], progress=False)
+    assert file.stat().st_mtime == mtime                  # nothing recomputed
+    assert s2.equals(s)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        select_epochs(run, ProbeConfig(P=3, M=5, epochs="0,7"))
