@@ -202,7 +202,7 @@ def _presets() -> dict[str, Preset]:
                           lr=0.05)
     # cpu: sized on these 2 cores so memorization visibly happens (see the layer section).
     cpu_run = RunConfig(train_per_class=500, test_per_class=200, width=32, epochs=40, lr=0.02,
-                        schedule="constant", batch_size=128)
+                        schedule="cosine", batch_size=128)
     paper_run = RunConfig(dataset="cifar100", train_per_class=0, test_per_class=0, model="vgg16",
                           width=64, epochs=300, lr=0.01, schedule="constant", batch_size=128,
                           checkpoints="log")

@@ -87,6 +87,7 @@ __all__ = [
 ]
 
 _INTERIOR_EPS = 1e-8          # ||V - T|| below this: interior T (as the public code)
+_GRAM_RTOL = 1e-13            # Gram eigenvalues below this x M x largest count as zero
 _DTYPE = torch.float64
 ESTIMATORS = ("public", "textbook")
 SOLVERS = ("batched", "cvxopt")
@@ -657,6 +658,9 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
         D = M if N > M else N
         w, U = np.linalg.eigh(np.stack([g for _, g in items]))
         w, U = w[:, ::-1][:, :D], U[:, :, ::-1][:, :, :D]
+        # eigenvalues at the rounding level of the Gram product are flat directions (their
+        # coordinates would be ~sqrt(eps) noise instead of ~eps): set them to zero
+        w = np.where(w > _GRAM_RTOL * M * w[:, :1], w, 0.0)
         cs_ = (U * np.sqrt(np.maximum(w, 0.0))[:, None, :]).transpose(0, 2, 1)   # (b, D, M)
         for (i, _), c in zip(items, cs_):
             coords[i] = c
@@ -784,8 +788,9 @@ def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every):
     """Accelerated projected gradient on the Jacobi-scaled dual for a padded group.
 
     Sh: (B, D1, M) unit-norm columns (padding columns zero); Tp: (B, n, D1); Tmask: (B, n) bool
-    (True for real T); d: (B, M) column norms (1 on padding). Returns mu (B, n, M) and a bool
-    (B, n) convergence mask (KKT <= tol, Gram-based check).
+    (True for real T); d: (B, M) column norms (0 on padding). Returns mu (B, n, M) and a bool
+    (B, n) convergence mask (KKT <= tol, Gram-based check). Converged T are dropped from the
+    iteration (repacking manifolds and T) so that a few slow T do not keep the whole batch busy.
     """
     B, D1, M = Sh.shape
     n = Tp.shape[1]
@@ -798,59 +803,73 @@ def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every):
     bh = torch.where(pad[:, None, :], 1.0, bh)
     ev = torch.linalg.eigvalsh(Gh)
     L = ev[:, -1] * (1.0 + 1e-10)
+    # momentum capped by the strong-convexity ratio (no cap when G is singular: FISTA + restart)
     q = torch.clamp(ev[:, 0] / L, min=0.0, max=1.0)
     beta_c = ((1 - torch.sqrt(q)) / (1 + torch.sqrt(q)))[:, None]        # (B, 1)
     negL = (-1.0 / L)[:, None, None]
     Tn2 = (Tp * Tp).sum(-1)                                                # (B, n)
     k2 = kappa * kappa
+    out = torch.zeros((B, n, M), dtype=_DTYPE, device=dev)
+    conv = ~Tmask.clone()
+    # working set: manifolds `wb` (B',) and T slots `wt` (B', n') into the original layout
+    wb = torch.arange(B, device=dev)
+    wt = torch.arange(n, device=dev)[None, :].expand(B, n).clone()
+    valid = Tmask.clone()
+    kdw = kd[:, None, :]
+    Tn2w = Tn2
     # warm start: exact when the constraint normals are orthogonal (G_hat = I)
     x = torch.clamp(-bh, min=0.0)
     y = x.clone()
     t = torch.ones((B, n), dtype=_DTYPE, device=dev)
-    out = torch.zeros_like(x)
-    conv = ~Tmask.clone()
-    active = torch.arange(B, device=dev)
-    # working views over the active manifolds
     for it in range(1, max_iter + 1):
         g = torch.baddbmm(bh, y, Gh)
         xn = torch.addcmul(y, g, negL).clamp_min_(0.0)
         dlt = xn - x
-        rs = (g * dlt).sum(-1) > 0
+        rs = torch.linalg.vecdot(g, dlt) > 0
         tn = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
         beta = torch.minimum((t - 1.0) / tn, beta_c)
         beta = torch.where(rs, 0.0, beta)
         tn = torch.where(rs, 1.0, tn)
         y = torch.addcmul(xn, beta[..., None], dlt)
         x, t = xn, tn
-        if it % check_every == 0 or it == max_iter:
-            slack = torch.baddbmm(bh, x, Gh)
-            vn2 = Tn2[active] + (x * (bh + slack)).sum(-1) + 2.0 * (x * kd[active][:, None, :]).sum(-1)
-            ell2 = torch.clamp(torch.maximum(torch.maximum(Tn2[active], vn2),
-                                             torch.full_like(vn2, k2)), min=1e-300)
-            prim = torch.clamp(-slack, min=0.0).amax(-1) / torch.sqrt(ell2)
-            comp = (x * slack.abs()).amax(-1) / ell2
-            res = torch.maximum(prim, comp)
-            ok = (res <= tol) & ~conv[active]
-            if bool(ok.any()):
-                sub = out[active]
-                sub = torch.where(ok[..., None], x, sub)
-                out[active] = sub
-                cv = conv[active] | ok
-                conv[active] = cv
-            else:
-                cv = conv[active]
-            done = cv.all(dim=1)
-            if bool(done.all()):
-                break
-            if bool(done.any()):
-                keep = ~done
-                active = active[keep]
-                Gh, bh, x, y, t = Gh[keep], bh[keep], x[keep], y[keep], t[keep]
-                negL, beta_c = negL[keep], beta_c[keep]
+        if it % check_every and it != max_iter:
+            continue
+        slack = torch.baddbmm(bh, x, Gh)
+        vn2 = Tn2w + torch.linalg.vecdot(x, bh + slack) + 2.0 * torch.linalg.vecdot(x, kdw.expand_as(x))
+        ell2 = torch.clamp(torch.maximum(torch.maximum(Tn2w, vn2), torch.full_like(vn2, k2)),
+                           min=1e-300)
+        prim = torch.clamp(-slack, min=0.0).amax(-1) / torch.sqrt(ell2)
+        comp = (x * slack.abs()).amax(-1) / ell2
+        ok = (torch.maximum(prim, comp) <= tol) & valid
+        if bool(ok.any()):
+            bb = wb[:, None].expand_as(wt)[ok]
+            tt = wt[ok]
+            out[bb, tt] = x[ok]
+            conv[bb, tt] = True
+            valid = valid & ~ok
+        nleft = valid.sum(dim=1)
+        total = int(nleft.sum())
+        if total == 0:
+            break
+        if total <= 0.5 * valid.numel() and it != max_iter:
+            keep = nleft > 0
+            nmax = int(nleft.max())
+            order = torch.argsort((~valid[keep]).to(torch.int8), dim=1, stable=True)[:, :nmax]
+            wb = wb[keep]
+            wt = wt[keep].gather(1, order)
+            valid = torch.arange(nmax, device=dev)[None, :] < nleft[keep][:, None]
+            o3 = order[..., None].expand(-1, -1, M)
+            Gh, negL, beta_c = Gh[keep], negL[keep], beta_c[keep]
+            bh = bh[keep].gather(1, o3)
+            x = x[keep].gather(1, o3)
+            y = y[keep].gather(1, o3)
+            t = t[keep].gather(1, order)
+            Tn2w = Tn2w[keep].gather(1, order)
+            kdw = kdw[keep]
     # unconverged: hand back the last iterate
-    if active.numel():
-        sub = out[active]
-        out[active] = torch.where(conv[active][..., None], sub, x)
+    if bool(valid.any()):
+        bb = wb[:, None].expand_as(wt)[valid]
+        out[bb, wt[valid]] = x[valid]
     return out, conv
 
 

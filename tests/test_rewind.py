@@ -124,12 +124,14 @@ def test_table_equals_train_evaluate_and_is_cached(run, data, monkeypatch):
     for _, row in table.sample(6, random_state=0).iterrows():
         model = rw.rewind_run(run, row["layer"], int(row["epoch"]), mode=row["mode"])
         assert evaluate(model, data) == {m: row[m] for m in rw.METRICS}
-    # Rewinding the whole model is the checkpoint: the training metrics at that epoch.
+    # Rewinding the whole model is the checkpoint: its rows are the training metrics at that epoch,
+    # which equal a fresh evaluation of the rewound model.
     m = run.metrics.set_index("epoch")
     whole = table[(table["mode"] == "cumulative") & (table["layer"] == "conv1")].set_index("epoch")
     for e in (0, 2):
+        got = evaluate(rw.rewind_run(run, "conv1", e, mode="cumulative"), data)
         for metric in rw.METRICS:
-            assert whole.loc[e, metric] == m.loc[e, metric]
+            assert whole.loc[e, metric] == m.loc[e, metric] == got[metric]
     # Cumulative from the last layer is the single rewind of it.
     last = table[table["layer"] == "logits"]
     assert last.groupby("epoch")["acc_test"].nunique().eq(1).all()
