@@ -374,6 +374,9 @@ def _read_cache(path: Path) -> pd.DataFrame:
 
 
 def _write_cache(path: Path, table: pd.DataFrame, settings: GradientSettings) -> None:
+    run_folder = path.parent.parent
+    if not (run_folder / "config.json").exists():
+        raise FileNotFoundError(f"{run_folder} is no longer a run folder (deleted meanwhile?): not writing {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = path.with_suffix(".json")
     if not meta.exists():
@@ -465,8 +468,8 @@ def fit_slopes(table: pd.DataFrame) -> pd.DataFrame:
     """Log-log slopes of the mean (over repeats) group-sum norm against n, per layer and group,
     and of the per-example ratio (permuted / unpermuted) = slope_permuted - slope_unpermuted.
 
-    Returns one row per layer: slope_<group> for each group, slope_ratio, and the ratio at the
-    smallest and largest n.
+    Returns one row per layer: slope_<group> for each group, slope_ratio, slope_ratio_local (between
+    the two largest n), and the ratio at the smallest and largest n.
     """
     mean = table.groupby(["layer", "group", "n"], sort=False)["norm"].mean().reset_index()
     out = []
@@ -480,6 +483,8 @@ def fit_slopes(table: pd.DataFrame) -> pd.DataFrame:
         if set(GROUPS) <= set(curves):
             ratio = (curves["permuted"] / curves["unpermuted"]).dropna()
             row["slope_ratio"] = float(np.polyfit(np.log(ratio.index.values), np.log(ratio.values), 1)[0])
+            row["slope_ratio_local"] = float(np.log(ratio.iloc[-1] / ratio.iloc[-2])
+                                             / np.log(ratio.index[-1] / ratio.index[-2])) if len(ratio) > 1 else float("nan")
             row["ratio_first"], row["ratio_last"] = float(ratio.iloc[0]), float(ratio.iloc[-1])
             row["n_first"], row["n_last"] = int(ratio.index[0]), int(ratio.index[-1])
         out.append(row)
@@ -505,6 +510,15 @@ def fit_two_components(table: pd.DataFrame) -> pd.DataFrame:
                      "n_cross": float(sigma2 / mu2) if mu2 > 0 else float("inf"),
                      "coherent_share": float(max(n_max * mu2, 0.0) / (sigma2 + max(n_max * mu2, 0.0)))})
     return pd.DataFrame(rows)
+
+
+def model_ratio(components: pd.DataFrame, layer: str, n) -> np.ndarray:
+    """Per-example ratio permuted / unpermuted that the two-component fit predicts at n per group:
+    sqrt((sigma2_p / n + mu2_p) / (sigma2_u / n + mu2_u)), negative mu2 clipped to 0."""
+    c = components.set_index(["layer", "group"])
+    u, p = c.loc[(layer, "unpermuted")], c.loc[(layer, "permuted")]
+    n = np.asarray(n, dtype=float)
+    return np.sqrt((p.sigma2 / n + max(p.mu2, 0.0)) / (u.sigma2 / n + max(u.mu2, 0.0)))
 
 
 def output_uniformity(model: BlockNet, data: LabelledData, index: np.ndarray) -> dict:
@@ -611,8 +625,10 @@ def plot_ratio(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, capt
     return fig
 
 
-def plot_scaling(table: pd.DataFrame, slopes: pd.DataFrame, layers: Sequence[str] | None = None, caption: str = ""):
-    """Log-log: group-sum norms against n (left) and the per-example ratio with its fit (right)."""
+def plot_scaling(table: pd.DataFrame, slopes: pd.DataFrame, layers: Sequence[str] | None = None, caption: str = "",
+                 components: pd.DataFrame | None = None):
+    """Log-log: group-sum norms against n (left) and the per-example ratio with its fit (right);
+    with `components` (fit_two_components), the ratio the two-component fit predicts (thin dashed)."""
     import matplotlib.pyplot as plt
 
     layers = list(layers or table["layer"].unique())
@@ -631,13 +647,17 @@ def plot_scaling(table: pd.DataFrame, slopes: pd.DataFrame, layers: Sequence[str
         p = d[d["group"] == "permuted"].set_index("n")["norm"]
         ratio = (p / u).sort_index()
         bx.plot(ratio.index, ratio.values, marker="o", ms=3, color=c, label=f"{layer} (slope {s['slope_ratio']:.2f})")
+        if components is not None:
+            nn = np.geomspace(ratio.index.min(), ratio.index.max(), 50)
+            bx.plot(nn, model_ratio(components, layer, nn), color=c, lw=0.8, ls="--")
     n = np.array(sorted(table["n"].unique()), dtype=float)
     ax.plot(n, n / n[0], color="grey", lw=0.8, ls=":", label="slope 1")
     ax.plot(n, np.sqrt(n / n[0]), color="grey", lw=0.8, ls="-.", label="slope 1/2")
     ax.set(xscale="log", yscale="log", xlabel="n examples per group", ylabel="||sum of n gradients|| (rel. to smallest n)")
     ax.legend(fontsize=7)
-    ref = bx.get_lines()[-1].get_ydata()[0] if bx.get_lines() else 1.0    # anchored on the last layer
-    bx.plot(n, ref * (n / n[0]) ** -0.5, color="grey", ls=":", label="predicted slope -1/2")
+    measured = [line for line in bx.get_lines() if line.get_marker() == "o"]
+    ref = measured[-1].get_ydata()[-1] if measured else 1.0   # through the last layer's largest n
+    bx.plot(n, ref * (n / n[-1]) ** -0.5, color="grey", ls=":", label="predicted slope -1/2")
     bx.set(xscale="log", yscale="log", xlabel="n examples per group", ylabel="per-example ratio permuted / unpermuted")
     bx.legend(fontsize=7)
     for a in (ax, bx):
@@ -653,7 +673,7 @@ def _plain_log_ticks(ax) -> None:
     from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
     if ax.get_xscale() == "log":
-        ax.set_xticks(sorted({int(t) for line in ax.get_lines() for t in line.get_xdata()}))
+        ax.set_xticks(sorted({int(t) for line in ax.get_lines() if line.get_marker() == "o" for t in line.get_xdata()}))
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
     plain = FuncFormatter(lambda y, _: f"{y:.3g}")
