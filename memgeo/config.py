@@ -210,14 +210,15 @@ def _presets() -> dict[str, Preset]:
         "smoke": Preset(
             "smoke", smoke_run,
             ProbeConfig(P=4, M=10, n_t=20, proj_dim=500, max_epochs=3, sim_dichotomies=10),
-            SweepConfig(widths=(1, 2, 4), analysis_M=10,
-                        run=replace(smoke_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=2)),
+            SweepConfig(widths=(1, 2, 4), analysis_M=4,
+                        run=replace(smoke_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=2,
+                                    checkpoints="log")),
             grad_sizes=(8, 16, 32)),
         "cpu": Preset(
             "cpu", cpu_run, ProbeConfig(P=10, M=50, n_t=200, proj_dim=5000),
-            SweepConfig(widths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
-                        run=replace(cpu_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=60,
-                                    train_per_class=200, width=1))),
+            SweepConfig(widths=(1, 2, 3, 4, 6, 8, 12, 16, 24),
+                        run=replace(cpu_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=80,
+                                    schedule="constant", checkpoints="log", width=1))),
         "paper": Preset(
             "paper", paper_run, ProbeConfig(P=100, M=50, n_t=300, proj_dim=5000),
             SweepConfig(widths=(1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64),

@@ -1,0 +1,53 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from memgeo.config import ProbeConfig, RunConfig, SweepConfig
+from memgeo.sweep import interpolation_threshold, peak_report, sweep_geometry, sweep_table, train_sweep, width_configs
+from memgeo.train import run_path, train
+
+
+def sweep_cfg(**kw):
+    run = RunConfig(unverified_local_copy=True, train_per_class=20, test_per_class=10, eps=0.4, width=1,
+                    epochs=3, batch_size=32, optimizer="adam", lr=3e-3, checkpoints="log")
+    return SweepConfig(widths=(1, 2, 4), run=run, **kw)
+
+
+def test_sweep_resumes_without_retraining_finished_widths(cifar_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMGEO_DATA_ROOT", str(cifar_root))
+    sw = sweep_cfg()
+    cfgs = width_configs(sw)
+    assert [c.width for c in cfgs] == [1, 2, 4]
+    # An interrupted sweep: width 1 finished, width 2 cut off after one epoch, width 4 not started.
+    train(cfgs[0], runs_dir=tmp_path, progress=False)
+    train(cfgs[1], runs_dir=tmp_path, progress=False, stop_after=1)
+    done_mtime = (run_path(cfgs[0], tmp_path) / "last.pt").stat().st_mtime_ns
+    part_rows = len(pd.read_csv(run_path(cfgs[1], tmp_path) / "metrics.csv"))
+    assert part_rows == 2
+    runs = train_sweep(sw, runs_dir=tmp_path, progress=False)
+    assert [r.done for r in runs] == [True, True, True]
+    assert (run_path(cfgs[0], tmp_path) / "last.pt").stat().st_mtime_ns == done_mtime
+    # The resumed width equals an uninterrupted one.
+    fresh = train(cfgs[1], runs_dir=tmp_path / "fresh", progress=False)
+    pd.testing.assert_frame_equal(runs[1].metrics.drop(columns="seconds"), fresh.metrics.drop(columns="seconds"))
+
+    table = sweep_table(runs)
+    assert table["width"].tolist() == [1, 2, 4]
+    assert table["parameters"].is_monotonic_increasing
+    assert table[["train_error", "test_error"]].stack().between(0, 1).all()
+    geo = sweep_geometry(runs, ProbeConfig(P=3, M=4, n_t=20, proj_dim=100), progress=False)
+    assert set(geo["position"]) == {"last", "last-1"} and set(geo["width"]) == {1, 2, 4}
+    assert len(geo) == 3 * 2 * 4 and np.isfinite(geo["capacity"]).all()
+
+
+def test_threshold_and_peak_report():
+    t = pd.DataFrame({"width": [1, 2, 4, 8, 16], "train_error": [0.5, 0.2, 0.005, 0.0, 0.0],
+                      "test_error": [0.7, 0.6, 0.66, 0.58, 0.55]})
+    assert interpolation_threshold(t) == 4
+    rep = peak_report(t, 4)
+    assert rep["local_peak_width"] == 4
+    assert rep["local_peak_height"] == pytest.approx(0.06)
+    assert rep["local_peak_above_widest"] == pytest.approx(0.11)
+    mono = t.assign(test_error=[0.7, 0.6, 0.55, 0.5, 0.45])
+    assert peak_report(mono, 4)["local_peak_width"] is None
+    assert interpolation_threshold(t.assign(train_error=0.3)) is None
