@@ -12,8 +12,9 @@ BatchNorm (``bn``):
   layer that owns them (they are buffers named ``blocks.<layer>.…``);
 - ``"recompute"``: after rewinding, the running mean and variance of every BatchNorm at or after the
   first rewound layer (their inputs changed) are set to the exact mean and (unbiased) variance of
-  their input over the whole training subset, module by module in forward order, with the network in
-  eval mode. BatchNorms before the first rewound layer see unchanged inputs and keep their
+  their input over the whole training subset (no augmentation), module by module in forward order,
+  with the network in eval mode (each BatchNorm sees inputs normalised by the already recomputed
+  statistics before it). Holds one layer's training activations in memory at a time. BatchNorms before the first rewound layer see unchanged inputs and keep their
   statistics; rewinding nothing therefore changes nothing in either mode.
 
 Evaluation is `train.evaluate`'s four accuracies (test; permuted examples against their training
@@ -255,39 +256,49 @@ def _batchnorms(model: BlockNet, layers) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def _recompute(model: BlockNet, first: str, inputs: BlockInputs) -> list[str]:
+def _recompute(model: BlockNet, first: str, inputs: BlockInputs) -> tuple[list[str], list[torch.Tensor]]:
+    """Re-estimate every BatchNorm from block `first` on, block by block: the training inputs of a
+    block are held in memory, each of its BatchNorms (registration order = forward order in
+    memgeo's blocks) gets the exact mean and unbiased variance of its input over them, then the
+    block's outputs become the next block's inputs. Returns the names of the BatchNorms and the
+    model's outputs on the training batches (the same batches `train.predict` uses)."""
     names = list(model.blocks)
-    affected = set(names[names.index(first):])
-    bns = _batchnorms(model, affected)
     model.eval()
     device = inputs.device
-    for _, bn in bns:   # registration order, which is forward order in memgeo's models
-        acc = {"s": 0.0, "ss": 0.0, "n": 0}
+    hs = list(inputs.batches(first, "train"))
+    done = []
+    for layer in names[names.index(first):]:
+        block = model.blocks[layer]
+        for bn_name, bn in _batchnorms(model, {layer}):
+            acc = {"s": 0.0, "ss": 0.0, "n": 0}
 
-        def hook(mod, args):
-            x = args[0].detach().double()
-            dims = [d for d in range(x.dim()) if d != 1]
-            acc["s"] = acc["s"] + x.sum(dims)
-            acc["ss"] = acc["ss"] + (x * x).sum(dims)
-            acc["n"] += x.numel() // x.shape[1]
-            raise _Stop
+            def hook(mod, args):
+                x = args[0].detach().double()
+                dims = [d for d in range(x.dim()) if d != 1]
+                acc["s"] = acc["s"] + x.sum(dims)
+                acc["ss"] = acc["ss"] + (x * x).sum(dims)
+                acc["n"] += x.numel() // x.shape[1]
+                raise _Stop
 
-        handle = bn.register_forward_pre_hook(hook)
-        try:
-            for h in inputs.batches(first, "train"):
-                try:
-                    with _autocast(device):
-                        _forward_from(model, first, h)
-                except _Stop:
-                    pass
-        finally:
-            handle.remove()
-        n = acc["n"]
-        mean = acc["s"] / n
-        var = (acc["ss"] / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
-        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
-        bn.running_var.copy_(var.to(bn.running_var.dtype))
-    return [name for name, _ in bns]
+            handle = bn.register_forward_pre_hook(hook)
+            try:
+                for h in hs:
+                    try:
+                        with _autocast(device):
+                            block(h)
+                    except _Stop:
+                        pass
+            finally:
+                handle.remove()
+            n = acc["n"]
+            mean = acc["s"] / n
+            var = (acc["ss"] / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
+            bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+            bn.running_var.copy_(var.to(bn.running_var.dtype))
+            done.append(bn_name)
+        with _autocast(device):
+            hs = [block(h) for h in hs]
+    return done, hs
 
 
 def recompute_bn_stats(model: BlockNet, data: LabelledData, layers=None, batch_size: int = 128) -> list[str]:
@@ -299,20 +310,25 @@ def recompute_bn_stats(model: BlockNet, data: LabelledData, layers=None, batch_s
     if not layers:
         return []
     first = min(layers, key=names.index)
-    return _recompute(model, first, BlockInputs(model, data, batch_size))
+    return _recompute(model, first, BlockInputs(model, data, batch_size))[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation from a block on
 
 @torch.no_grad()
-def evaluate_from(model: BlockNet, layer: str, inputs: BlockInputs) -> dict[str, float]:
+def evaluate_from(model: BlockNet, layer: str, inputs: BlockInputs, train_outputs=None) -> dict[str, float]:
     """`train.evaluate` of `model`, given that its blocks before `layer` equal those of the model
-    that `inputs` was made from (only the blocks from `layer` on are run)."""
+    that `inputs` was made from (only the blocks from `layer` on are run). `train_outputs`: the
+    model's outputs on the training batches, when already computed."""
     was = model.training
     model.eval()
     preds = {}
+    if train_outputs is not None:
+        preds["train"] = torch.cat([o.argmax(1) for o in train_outputs]).cpu()
     for split in ("train", "test"):
+        if split in preds:
+            continue
         out = []
         for h in inputs.batches(layer, split):
             with _autocast(inputs.device):
@@ -441,9 +457,8 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
                     seen[tuple(rewound)] = metrics
                 else:
                     model = rewind_model(final, source, rewound, "rewind")
-                    if bn == "recompute":
-                        _recompute(model, rewound[0], inputs)
-                    metrics = evaluate_from(model, rewound[0], inputs)
+                    outputs = _recompute(model, rewound[0], inputs)[1] if bn == "recompute" else None
+                    metrics = evaluate_from(model, rewound[0], inputs, outputs)
                     seen[tuple(rewound)] = metrics
                 new.append({"layer": layer, "layer_index": names.index(layer) + 1, "mode": mode,
                             "epoch": epoch, "bn": bn, "final_epoch": final_epoch,
