@@ -361,7 +361,8 @@ def _check_epochs(run: Run, epochs) -> None:
 
 def default_epochs(run: Run, n: int = 8, final_epoch: int | None = None) -> list[int]:
     """About `n` saved epochs to rewind to: 0, the early-stopping epoch (even when it is the final
-    one, so that the summaries have it), and roughly log-spaced epochs before the final one."""
+    one, so that the summaries have it), and roughly log-spaced epochs from 1 to three quarters of
+    training (snapped to saved checkpoints)."""
     final = run.config.epochs if final_epoch is None else final_epoch
     saved = [e for e in run.checkpoint_epochs if e < final]
     if not saved:
@@ -369,7 +370,8 @@ def default_epochs(run: Run, n: int = 8, final_epoch: int | None = None) -> list
     es = run.early_stop_epoch
     chosen = {saved[0]} | ({es} if es in run.checkpoint_epochs and es <= final else set())
     k = max(n - len(chosen), 0)
-    targets = np.geomspace(1, max(final - 1, 1), num=k) if k else []
+    # Up to three quarters of training: later rewinds barely differ from the final model.
+    targets = np.geomspace(1, max(round(0.75 * final), 1), num=k) if k else []
     for t in targets:
         rest = [e for e in saved if e not in chosen]
         if not rest:
@@ -624,7 +626,8 @@ def plot_heatmaps(table: pd.DataFrame, metric: str = "acc_test", modes=MODES, ma
     import matplotlib.pyplot as plt
     modes = [m for m in modes if m in set(table["mode"])]
     if axes is None:
-        fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.6), squeeze=False,
+                                 layout="constrained")
         axes = axes[0]
     fig = axes[0].figure
     vmin, vmax = table[metric].min(), table[metric].max()
@@ -633,7 +636,8 @@ def plot_heatmaps(table: pd.DataFrame, metric: str = "acc_test", modes=MODES, ma
         im = ax.imshow(t.values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_xticks(range(t.shape[1]), [str(e) for e in t.columns])
         labels = [l for _, l in t.index]
-        ax.set_yticks(range(t.shape[0]), labels if mode == "single" else [f"{l}→out" for l in labels])
+        ax.set_yticks(range(t.shape[0]), labels)
+        ax.set_ylabel("rewound layer" if mode == "single" else "first rewound layer (to the output)")
         for i in range(t.shape[0]):
             for j in range(t.shape[1]):
                 v = t.values[i, j]
@@ -658,11 +662,11 @@ def plot_at_epoch(table: pd.DataFrame, run: Run, epoch: int | None = None, axes=
     epoch = ref["peak_epoch"] if epoch is None else epoch
     m = run.metrics.set_index("epoch")
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     fig = axes[0].figure
     t = table[table["epoch"] == epoch]
     for ax, metric, what in ((axes[0], "acc_test", "test accuracy"),
-                             (axes[1], "acc_permuted_train", "memorization (permuted, training labels)")):
+                             (axes[1], "acc_permuted_train", "memorization")):
         for mode, style in (("single", "o-"), ("cumulative", "s--")):
             s = t[t["mode"] == mode].sort_values("layer_index")
             if len(s):
@@ -672,7 +676,7 @@ def plot_at_epoch(table: pd.DataFrame, run: Run, epoch: int | None = None, axes=
                    label=f"checkpoint {epoch}" + (" (peak test)" if epoch == ref["peak_epoch"] else ""))
         if metric == "acc_test" and epoch != ref["peak_epoch"]:
             ax.axhline(ref["peak_test"], color="tab:red", ls="-.", label="peak test")
-        ax.set_xlabel("rewound layer")
+        ax.set_xlabel("rewound layer (cumulative: first of them)")
         ax.set_ylabel(what)
         ax.tick_params(axis="x", rotation=30)
     axes[0].legend(fontsize=8)
