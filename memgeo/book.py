@@ -31,12 +31,15 @@ def configure_notebook(preset: str = "cpu", overrides: dict | None = None) -> Pr
     return configure(name, merged)
 
 
-def describe(p: Preset) -> str:
-    """One line naming what a figure was made from (for captions)."""
-    r = p.run
+def describe(p: Preset, run=None, widths=None) -> str:
+    """One line naming what a figure was made from (for captions): `run` defaults to the
+    preset's main run; `widths` names a sweep's widths instead of one run."""
+    r = run or p.run
     src = "offline JPEG copy of CIFAR-10 (unverified)" if r.unverified_local_copy else r.dataset
-    return (f"{r.model} (width {r.width}) on {src}, {r.train_per_class or 'all'} per class, "
-            f"eps={r.eps}, seed {r.seed}, preset '{p.name}', run {r.hash()}")
+    what = f"widths {', '.join(map(str, widths))}" if widths else f"width {r.width}"
+    tail = f"preset '{p.name}'" + ("" if widths else f", run {r.hash()}")
+    return (f"{r.model} ({what}) on {src}, {r.train_per_class or 'all'} per class, "
+            f"eps={r.eps}, seed {r.seed}, {tail}")
 
 
 def build_book(preset: str, overrides: dict, keep_going: bool = False) -> int:
