@@ -116,7 +116,9 @@ class PerT:
     anchors: np.ndarray           # (n_t, D+1) anchor points s~(T) (center coordinate 1)
     interior: np.ndarray          # (n_t,) bool
     kkt: np.ndarray               # (n_t,) verified relative KKT residual
-    stage: np.ndarray             # (n_t,) int: 1 iterative, 2 active-set polish, 3 NNLS, 4 cvxopt
+    stage: np.ndarray             # (n_t,) int: 0 interior (lam = 0 verified), 1 iterative,
+                                  # 2 active-set polish, 3 batched Lawson-Hanson, 4 scipy
+                                  # NNLS, 5 cvxopt
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,8 @@ class SolveResult:
     V: np.ndarray                 # (n, D+1)
     lam: np.ndarray               # (n, M) multipliers, V* = T + S~ lam
     kkt: np.ndarray               # (n,) relative KKT residual (verified)
-    stage: np.ndarray             # (n,) 1 iterative, 2 active-set polish, 3 NNLS, 4 cvxopt
+    stage: np.ndarray             # (n,) 0 interior (lam = 0), 1 iterative, 2 polish,
+                                  # 3 batched Lawson-Hanson, 4 scipy NNLS, 5 cvxopt
 
 
 # --------------------------------------------------------------------------------------------
@@ -781,7 +784,7 @@ def solve_f_cvxopt(S, T, kappa: float = 0.0) -> SolveResult:
     W = V - T
     F = np.sum(W * W, axis=1)
     kkt = kkt_residual(S, T, V, lam, kappa)
-    return SolveResult(F, V, lam, kkt, np.full(n, 4, dtype=np.int8))
+    return SolveResult(F, V, lam, kkt, np.full(n, 5, dtype=np.int8))
 
 
 def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every):
@@ -921,6 +924,119 @@ def _pdas(Gs, bs, x0, valid, Tn2, kd, tol, max_iter=30):
     return best_x, res
 
 
+def _pack(mask: torch.Tensor):
+    """Pack the True entries of a (B, n) mask per row: returns (rows (B',), order (B', n'),
+    valid (B', n')) with order[i, :count] the column indices of row rows[i]."""
+    cnt = mask.sum(dim=1)
+    rows = torch.nonzero(cnt > 0).flatten()
+    if rows.numel() == 0:
+        return rows, None, None
+    nmax = int(cnt.max())
+    order = torch.argsort((~mask[rows]).to(torch.int8), dim=1, stable=True)[:, :nmax]
+    valid = torch.arange(nmax, device=mask.device)[None, :] < cnt[rows][:, None]
+    return rows, order, valid
+
+
+def _lawson_hanson(Sh, Gh, h, valid, pad, max_steps=None):
+    """Batched Lawson-Hanson NNLS for the least-distance form of the per-T problem.
+
+    For each (manifold b, slot i): u = argmin_{u >= 0} ||E u - f||, E = [S_hat_b; h_bi^T],
+    f = e_last; then rho = 1 - h.u and mu = u / rho (Lawson & Hanson 1974, ch. 23). The passive
+    set is kept as at most D1 + 1 slots (its columns stay linearly independent), so the cost per
+    step is that of a k x k solve with k <= D1 + 1, whatever M: this is the exact path for
+    degenerate problems (many points in few dimensions, duplicates). Sh: (B, D1, M), Gh:
+    (B, M, M) = Sh^T Sh, h: (B, n, M), valid: (B, n), pad: (B, M). Returns (mu, ok).
+    """
+    B, D1, M = Sh.shape
+    n = h.shape[1]
+    dev = Sh.device
+    k = min(M, D1 + 1)
+    steps = max_steps or (3 * k + 20)
+    z = torch.zeros((B, n, M), dtype=_DTYPE, device=dev)
+    idx = torch.zeros((B, n, k), dtype=torch.long, device=dev)
+    sm = torch.zeros((B, n, k), dtype=torch.bool, device=dev)
+    inner = torch.zeros((B, n), dtype=torch.bool, device=dev)
+    done = ~valid.clone()
+    fail = torch.zeros((B, n), dtype=torch.bool, device=dev)
+    hscale = torch.clamp(h.abs().amax(-1), min=1.0)
+    eyek = torch.eye(k, dtype=_DTYPE, device=dev)
+    bidx = torch.arange(B, device=dev)[:, None, None]
+    for _ in range(steps):
+        if bool(done.all()):
+            break
+        add = ~inner & ~done
+        if bool(add.any()):
+            w = -torch.bmm(z, Gh) + h * (1.0 - (h * z).sum(-1, keepdim=True))
+            # (unused slots point at column 0 with weight 0: accumulate, never overwrite)
+            inP = torch.zeros((B, n, M), dtype=torch.int16, device=dev).scatter_add_(
+                2, idx, sm.to(torch.int16)) > 0
+            w = w.masked_fill(inP | pad[:, None, :], -float("inf"))
+            wmax, j = w.max(dim=-1)
+            fin = add & (wmax <= 1e-13 * hscale)
+            done |= fin
+            add &= ~fin
+            full = sm.all(-1)
+            fail |= add & full
+            done |= add & full
+            add &= ~full
+            free = torch.argmin(sm.to(torch.int8), dim=-1)                    # first free slot
+            upd = add[..., None] & (torch.arange(k, device=dev) == free[..., None])
+            idx = torch.where(upd, j[..., None], idx)
+            sm = sm | upd
+        act = ~done
+        if not bool(act.any()):
+            break
+        # least squares on the passive slots: (G_PP + h_P h_P^T) s = h_P
+        hP = torch.gather(h, 2, idx)                                           # (B, n, k)
+        rowsG = Gh[bidx, idx]                                                  # (B, n, k, M)
+        GP = torch.gather(rowsG, 3, idx[:, :, None, :].expand(-1, -1, k, -1))  # (B, n, k, k)
+        smf = sm.to(_DTYPE)
+        A = (GP + hP[..., :, None] * hP[..., None, :]) * smf[..., :, None] * smf[..., None, :]
+        A = A + torch.diag_embed(1.0 - smf)
+        rhs = (hP * smf)[..., None]
+        Lc, info = torch.linalg.cholesky_ex(A)
+        s = torch.cholesky_solve(rhs, Lc)[..., 0]
+        bad = info != 0
+        if bool(bad.any()):
+            s[bad] = (torch.linalg.pinv(A[bad], hermitian=True) @ rhs[bad])[..., 0]
+        s = s * smf
+        zP = torch.gather(z, 2, idx) * smf
+        neg = sm & (s <= 0)
+        feas = ~neg.any(-1)
+        # feasible: accept s; infeasible: move towards s and drop the slots that hit zero
+        ratio = torch.where(neg, zP / torch.clamp(zP - s, min=1e-300), torch.full_like(s, 2.0))
+        alpha = torch.clamp(ratio.amin(-1), min=0.0, max=1.0)
+        znew = torch.where(feas[..., None], s, zP + alpha[..., None] * (s - zP))
+        drop = ~feas[..., None] & sm & (znew <= 1e-14 * torch.clamp(zP.abs().amax(-1, keepdim=True), min=1e-300))
+        drop |= ~feas[..., None] & neg & (ratio <= alpha[..., None])
+        znew = torch.where(drop, 0.0, znew) * smf
+        sm = sm & ~(drop & act[..., None])
+        znew = torch.where(act[..., None], znew, zP)
+        z = torch.zeros_like(z).scatter_add_(2, idx, znew * sm.to(_DTYPE))
+        inner = act & ~feas
+    fail |= ~done
+    rho = 1.0 - (h * z).sum(-1)
+    fail |= ~(rho > 0)
+    mu = z / torch.where(rho > 0, rho, 1.0)[..., None]
+    return mu, valid & ~fail
+
+
+def _verify(Sh, Tp, mu, kd, pad, kappa):
+    """Explicit relative KKT residual (B, n) and S_hat mu (B, n, D1): V = T + S_hat mu, slacks
+    S_hat^T V - kappa/d (stationarity holds by construction)."""
+    W = torch.bmm(mu, Sh.transpose(1, 2))
+    V = Tp + W
+    g = torch.bmm(V, Sh) - kd[:, None, :]
+    g = torch.where(pad[:, None, :], 1.0, g)
+    ell = torch.clamp(torch.maximum(torch.maximum(torch.linalg.norm(Tp, dim=-1),
+                                                  torch.linalg.norm(V, dim=-1)),
+                                    torch.full_like(V[..., 0], abs(kappa))), min=1e-300)
+    prim = torch.clamp(-g, min=0.0).amax(-1) / ell
+    dual = torch.clamp(-mu, min=0.0).amax(-1) / ell
+    comp = (mu * g).abs().amax(-1) / ell ** 2
+    return torch.maximum(torch.maximum(prim, dual), comp), W
+
+
 def _group_indices(Ms, n_list, budget=4_000_000):
     order = np.argsort(Ms, kind="stable")
     groups, cur = [], []
@@ -939,14 +1055,33 @@ def _group_indices(Ms, n_list, budget=4_000_000):
 
 
 def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
-            max_iter: int = 300, check_every: int = 8, accept_tol: float = 1e-9):
+            max_iter: int = 300, check_every: int = 8, accept_tol: float = 1e-9,
+            num_threads: int | None = None):
     """Batched exact solver of F(T) = min ||V - T||^2 s.t. V . s~_j >= kappa.
 
     ``S``: (D+1, M) array or a list of them; ``T``: (n, D+1) array or a list (one per S).
-    Returns a :class:`SolveResult` (or a list). Every T's KKT residual is computed explicitly
-    (V = T + S lam, slacks S^T V) and must be <= ``tol`` for the fast stages; solutions from the
-    exact fallbacks must be <= ``accept_tol`` (else a RuntimeWarning; the residual is returned).
+    Returns a :class:`SolveResult` (or a list).
+
+    Stages: (1) accelerated projected gradient on the Jacobi-scaled dual, all T of all
+    manifolds at once, for manifolds whose Gram matrix G = S~^T S~ is non-singular; (2) for the
+    T it leaves unconverged, a primal-dual active-set polish (exact solve of the equality-
+    constrained problem on the support, warm-started); (3) batched Lawson-Hanson NNLS on the
+    least-distance form for what is still unverified and for every T of manifolds with many
+    points in few dimensions (M >= 2 (D+1)); its passive sets stay linearly independent, so
+    duplicates and singular G are harmless;
+    (4) scipy NNLS per T; (5) cvxopt per T. After each stage every T's KKT residual is computed
+    explicitly (V = T + S lam, slacks S^T V) and must be <= ``tol``; stages 4-5 are accepted
+    at <= ``accept_tol`` (else a RuntimeWarning; the residual is returned).
+    ``num_threads``: temporarily set torch's CPU threads (useful on a shared machine).
     """
+    if num_threads is not None:
+        old = torch.get_num_threads()
+        torch.set_num_threads(int(num_threads))
+        try:
+            return solve_f(S, T, kappa, device=device, tol=tol, max_iter=max_iter,
+                           check_every=check_every, accept_tol=accept_tol)
+        finally:
+            torch.set_num_threads(old)
     kappa = _check_kappa(kappa)
     single = isinstance(S, (np.ndarray, torch.Tensor)) and np.ndim(S) == 2
     S_list = [np.asarray(S, np.float64)] if single else [np.asarray(s, np.float64) for s in S]
@@ -960,6 +1095,8 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
                              f"{s.shape[0]} rows; both must be D+1")
         if not (np.isfinite(s).all() and np.isfinite(t).all()):
             raise ValueError(f"problem {i}: non-finite values in S~ or T")
+        if s.shape[1] < 1:
+            raise ValueError(f"problem {i}: S~ has no points")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     Ms = np.array([s.shape[1] for s in S_list])
     ns = np.array([t.shape[0] for t in T_list])
@@ -981,40 +1118,58 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
         Tp_t = torch.from_numpy(Tp).to(dev)
         Tm_t = torch.from_numpy(Tmask).to(dev)
         d = torch.linalg.norm(Sp_t, dim=1)                                # (B, M), 0 on padding
-        Sh = Sp_t / torch.where(d > 0, d, 1.0)[:, None, :]
-        mu, conv = _fista_group(Sh, Tp_t, Tm_t, d, kappa, tol, max_iter, check_every)
-        stage = torch.where(conv, 1, 0).to(torch.int8)
         pad = d == 0
+        Sh = Sp_t / torch.where(pad, 1.0, d)[:, None, :]
         kd = torch.where(pad, 0.0, kappa / torch.where(pad, 1.0, d))
-        # polish the unconverged with the active-set method (chunks bound the memory)
-        todo = torch.nonzero(~conv & Tm_t)
-        if todo.numel():
+        Gh = torch.bmm(Sh.transpose(1, 2), Sh)
+        Gh.diagonal(dim1=1, dim2=2).copy_(torch.where(pad, 1.0, Gh.diagonal(dim1=1, dim2=2)))
+        ev = torch.linalg.eigvalsh(Gh)
+        Mreal = torch.tensor([int(Ms[i]) for i in grp], device=dev)
+        D1real = torch.tensor([S_list[i].shape[0] for i in grp], device=dev)
+        # many points in few dimensions: projected gradient crawls, go to Lawson-Hanson directly
+        degenerate = Mreal >= 2 * D1real
+        # stage 1: iterative, non-degenerate manifolds
+        run = Tm_t & ~degenerate[:, None]
+        mu = torch.zeros((B, nmax, Mmax), dtype=_DTYPE, device=dev)
+        stage = torch.zeros((B, nmax), dtype=torch.int8, device=dev)
+        if bool(run.any()):
+            nd = torch.nonzero(~degenerate).flatten()
+            mu_nd, conv_nd = _fista_group(Sh[nd], Tp_t[nd], run[nd], d[nd], kappa, tol,
+                                          max_iter, check_every)
+            mu[nd] = mu_nd
+            stage[nd] = torch.where(conv_nd & run[nd], 1, 0).to(torch.int8)
+            # stage 2: active-set polish of the unconverged (chunks bound the memory)
+            todo = torch.nonzero(run & (stage == 0))
             chunk = max(1, 4_000_000 // (Mmax * Mmax))
             for c0 in range(0, todo.shape[0], chunk):
                 bi, ti = todo[c0:c0 + chunk, 0], todo[c0:c0 + chunk, 1]
-                Shb = Sh[bi]
-                Gs = torch.bmm(Shb.transpose(1, 2), Shb)
-                Gs.diagonal(dim1=1, dim2=2).copy_(
-                    torch.where(pad[bi], 1.0, Gs.diagonal(dim1=1, dim2=2)))
-                bs = torch.einsum("bk,bkm->bm", Tp_t[bi, ti], Shb) - kd[bi]
+                bs = torch.einsum("bk,bkm->bm", Tp_t[bi, ti], Sh[bi]) - kd[bi]
                 bs = torch.where(pad[bi], 1.0, bs)
                 Tn2 = (Tp_t[bi, ti] ** 2).sum(-1)
-                xs, _ = _pdas(Gs, bs, mu[bi, ti], ~pad[bi], Tn2, kd[bi], tol)
+                xs, _ = _pdas(Gh[bi], bs, mu[bi, ti], ~pad[bi], Tn2, kd[bi], tol)
                 mu[bi, ti] = xs
                 stage[bi, ti] = 2
-        # explicit verification for every T
-        W = torch.bmm(mu, Sh.transpose(1, 2))                              # S_hat mu, (B, n, D1)
-        V = Tp_t + W
-        g = torch.bmm(V, Sh) - kd[:, None, :]
-        g = torch.where(pad[:, None, :], 1.0, g)
-        ell = torch.clamp(torch.maximum(torch.maximum(torch.linalg.norm(Tp_t, dim=-1),
-                                                      torch.linalg.norm(V, dim=-1)),
-                                        torch.full_like(V[..., 0], abs(kappa))), min=1e-300)
-        prim = torch.clamp(-g, min=0.0).amax(-1) / ell
-        dual = torch.clamp(-mu, min=0.0).amax(-1) / ell
-        comp = (mu * g).abs().amax(-1) / ell ** 2
-        kkt = torch.maximum(torch.maximum(prim, dual), comp)
+        kkt, W = _verify(Sh, Tp_t, mu, kd, pad, kappa)
+        # stage 3: batched Lawson-Hanson for everything not verified
+        redo = Tm_t & ~(kkt <= tol)
+        rows, order, valid = _pack(redo)
+        if rows.numel():
+            per = max(1, 2_000_000 // max(1, order.shape[1] * Mmax * min(Mmax, D1max + 1)))
+            for c0 in range(0, rows.numel(), per):
+                r = rows[c0:c0 + per]
+                o = order[c0:c0 + per]
+                v = valid[c0:c0 + per]
+                Tg = Tp_t[r].gather(1, o[..., None].expand(-1, -1, D1max))
+                h = kd[r][:, None, :] - torch.bmm(Tg, Sh[r])
+                h = torch.where(pad[r][:, None, :], -1.0, h)
+                mu_lh, ok = _lawson_hanson(Sh[r], Gh[r], h, v, pad[r])
+                rr = r[:, None].expand_as(o)[ok]
+                oo = o[ok]
+                mu[rr, oo] = mu_lh[ok]
+                stage[rr, oo] = 3
+            kkt, W = _verify(Sh, Tp_t, mu, kd, pad, kappa)
         lam = mu / torch.where(pad, 1.0, d)[:, None, :]
+        V = Tp_t + W
         V_np, W_np, lam_np = V.cpu().numpy(), W.cpu().numpy(), lam.cpu().numpy()
         kkt_np, stage_np = kkt.cpu().numpy(), stage.cpu().numpy()
         for b, i in enumerate(grp):
@@ -1028,7 +1183,7 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
             if bad.size:
                 Vb, lb = solve_f_nnls(S_list[i], T_list[i][bad], kappa)
                 kb = kkt_residual(S_list[i], T_list[i][bad], Vb, lb, kappa)
-                Vi[bad], li[bad], ki[bad], st[bad] = Vb, lb, kb, 3
+                Vi[bad], li[bad], ki[bad], st[bad] = Vb, lb, kb, 4
                 Wi[bad] = lb @ S_list[i].T
                 worse = bad[~(kb <= accept_tol)]
                 if worse.size:
@@ -1036,7 +1191,7 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
                     better = cv.kkt < ki[worse]
                     wb = worse[better]
                     Vi[wb], li[wb], ki[wb], st[wb] = cv.V[better], cv.lam[better], \
-                        cv.kkt[better], 4
+                        cv.kkt[better], 5
                     Wi[wb] = Vi[wb] - T_list[i][wb]
                     if np.any(~(ki[worse] <= accept_tol)):
                         warnings.warn(f"per-T problem {i}: {int(np.sum(~(ki[worse] <= accept_tol)))}"
@@ -1116,8 +1271,10 @@ def capacity_from_points(S, *, kappa: float = 0.0, T=None, n_t: int = 200, seed:
     if T is None:
         T_list = sample_t([s.shape[0] for s in S_list], n_t, seed)
     else:
-        T_list = [np.atleast_2d(np.asarray(T, np.float64))] if (single or np.ndim(T) == 2) \
-            else [np.atleast_2d(np.asarray(t, np.float64)) for t in T]
+        if isinstance(T, (list, tuple)):
+            T_list = [np.atleast_2d(np.asarray(t, np.float64)) for t in T]
+        else:
+            T_list = [np.atleast_2d(np.asarray(T, np.float64))]
         if len(T_list) == 1 and len(S_list) > 1:
             T_list = T_list * len(S_list)
     if solver == "batched":

@@ -1,0 +1,231 @@
+r"""Simulated manifold capacity (the check of Fig. 1B): exact linear separability of random
+dichotomies of P manifolds after a random projection to n features.
+
+For a dichotomy (labels y_i = +-1 drawn per manifold) and a Gaussian projection to n features,
+the manifolds are separable by a hyperplane through the origin iff there is w with
+y_i w . x > 0 for every point x of every manifold i. With nested projections (the first n columns
+of one Gaussian matrix) separability is monotone in n, so each dichotomy has a critical n* (the
+smallest n at which it is separable), found by bisection. The fraction of separable dichotomies
+at n is the empirical CDF of n*; the simulated capacity is P / n_c with n_c the point where that
+fraction crosses 1/2 (linear interpolation between integers). Its sampling error comes from the
+order statistics of n* (a binomial confidence interval for the median).
+
+Separability test: the least-distance problem min ||w|| s.t. A w >= 1 (rows a = y x / ||x||),
+solved exactly by Lawson-Hanson NNLS (scipy.optimize.nnls): separable iff the NNLS residual is
+non-zero; either way a certificate is checked (A w > 0, or a convex combination of the rows at
+~0, Gordan's alternative), and ambiguous cases go to an LP (scipy.optimize.linprog, HiGHS).
+
+Example::
+
+    from memgeo.simcap import simulated_capacity
+    res = simulated_capacity(manifolds, n_dichotomies=40, seed=0)
+    res.capacity, res.capacity_err, res.fraction(120)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SimulatedCapacity", "is_separable", "separable_fraction", "simulated_capacity",
+           "critical_n"]
+
+
+@dataclass(frozen=True)
+class SimulatedCapacity:
+    """Simulated capacity P / n_c with its sampling error."""
+    capacity: float
+    capacity_lo: float            # central interval from the order statistics of n* (level `level`)
+    capacity_hi: float
+    capacity_err: float           # half width of the 1-sigma (68 %) interval
+    n_c: float                    # number of features at which half the dichotomies separate
+    n_star: np.ndarray            # critical n per dichotomy (inf: not separable at full rank)
+    P: int
+    rank: int                     # dimension of the span of all points (largest useful n)
+    level: float = 0.95
+
+    def fraction(self, n: float) -> float:
+        """Fraction of the sampled dichotomies separable with n features."""
+        return float(np.mean(self.n_star <= n))
+
+
+def _ldp_separable(A: np.ndarray) -> tuple[bool, np.ndarray | None]:
+    """Exact test: is there w with A w > 0? (rows of A unit norm). Returns (separable, w)."""
+    from scipy.optimize import nnls
+    m, n = A.shape
+    E = np.vstack([A.T, np.ones((1, m))])
+    f = np.zeros(n + 1)
+    f[-1] = 1.0
+    try:
+        u, rn = nnls(E, f, maxiter=max(100, 50 * m))
+    except RuntimeError:
+        return _lp_separable(A)
+    r = E @ u - f
+    if rn > 1e-9 and r[-1] < 0:
+        w = -r[:n] / r[-1]
+        if np.min(A @ w) > 0:
+            return True, w
+    else:
+        s = u.sum()
+        if s > 0 and np.linalg.norm(A.T @ u) / s < 1e-7:
+            return False, None
+    return _lp_separable(A)
+
+
+def _lp_separable(A: np.ndarray) -> tuple[bool, np.ndarray | None]:
+    from scipy.optimize import linprog
+    m, n = A.shape
+    res = linprog(np.zeros(n), A_ub=-A, b_ub=-np.ones(m), bounds=[(None, None)] * n,
+                  method="highs")
+    if res.status == 0:
+        return True, res.x
+    if res.status == 2:
+        return False, None
+    raise RuntimeError(f"separability LP failed: {res.message}")
+
+
+def is_separable(X, y) -> bool:
+    """Whether the points X (rows) with labels y (+-1 per row) are strictly linearly separable by
+    a hyperplane through the origin (exact: NNLS least-distance test with certificates, LP
+    fallback). A point at the origin is never strictly separable."""
+    X = np.asarray(X, np.float64)
+    y = np.asarray(y, np.float64).ravel()
+    if X.ndim != 2 or y.shape[0] != X.shape[0]:
+        raise ValueError("X must be (n_points, n) and y have one label per row")
+    if not np.isfinite(X).all():
+        raise ValueError("X has NaN or infinite values")
+    nrm = np.linalg.norm(X, axis=1)
+    if np.any(nrm == 0):
+        return False
+    A = (y / nrm)[:, None] * X
+    return _ldp_separable(A)[0]
+
+
+def _prepare(manifolds, center: bool, remove_center_subspace: bool, seed: int):
+    from memgeo.geometry import _as_numpy, _validate_manifolds, find_center_subspace
+    ms = [np.asarray(_as_numpy(m), np.float64) for m in _validate_manifolds(manifolds)]
+    for i, m in enumerate(ms):
+        if not np.isfinite(m).all():
+            raise ValueError(f"manifold {i} has NaN or infinite feature values")
+    labels = np.concatenate([np.full(m.shape[0], i) for i, m in enumerate(ms)])
+    Z = np.vstack(ms)
+    if center:
+        Z = Z - Z.mean(axis=0, keepdims=True)
+    if remove_center_subspace:
+        C = np.stack([Z[labels == i].mean(axis=0) for i in range(len(ms))])
+        cs = find_center_subspace(C, seed=seed)
+        if cs.K > 0:
+            Z = Z - (Z @ cs.basis) @ cs.basis.T
+    # coordinates in an orthonormal basis of the span (Gaussian projections are invariant)
+    if Z.shape[1] > Z.shape[0]:
+        U, s, _ = np.linalg.svd(Z, full_matrices=False)
+        keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros_like(s, bool)
+        Y = U[:, keep] * s[keep]
+    else:
+        U, s, Vt = np.linalg.svd(Z, full_matrices=False)
+        keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros_like(s, bool)
+        Y = U[:, keep] * s[keep]
+    return Y, labels, len(ms)
+
+
+def critical_n(Y, labels, P, rng, n_max=None) -> float:
+    """Critical number of features n* of one random dichotomy and one nested Gaussian
+    projection of the points Y (rows, span coordinates): the smallest n at which the projected
+    manifolds are separable (inf if they are not separable even at full rank)."""
+    r = Y.shape[1]
+    y = rng.choice([-1.0, 1.0], size=P)
+    W = rng.standard_normal((r, r))
+    nrm = np.linalg.norm(Y, axis=1)
+    if np.any(nrm == 0):
+        return math.inf
+    A_full = (y[labels] / nrm)[:, None] * Y
+    hi = r if n_max is None else min(r, int(n_max))
+
+    def sep(n):
+        An = A_full @ W[:, :n]
+        An /= np.linalg.norm(An, axis=1, keepdims=True).clip(1e-300)
+        return _ldp_separable(An)[0]
+
+    if not sep(hi):
+        return math.inf
+    lo = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if sep(mid):
+            hi = mid
+        else:
+            lo = mid
+    return float(hi)
+
+
+def separable_fraction(manifolds, n: int, *, n_dichotomies: int = 100, seed: int = 0,
+                       center: bool = True) -> tuple[float, float]:
+    """Fraction of random dichotomies separable after a Gaussian projection to n features, with
+    its binomial standard error. (Points in general position: Cover's 2^(1-P) sum_{k<n}
+    binom(P-1, k).)"""
+    Y, labels, P = _prepare(manifolds, center, False, seed)
+    rng = np.random.default_rng([2, int(seed)])
+    hits = 0
+    for _ in range(int(n_dichotomies)):
+        y = rng.choice([-1.0, 1.0], size=P)
+        W = rng.standard_normal((Y.shape[1], int(n)))
+        X = Y @ W
+        hits += is_separable(X, y[labels])
+    f = hits / n_dichotomies
+    return f, math.sqrt(max(f * (1 - f), 0.25 / n_dichotomies) / n_dichotomies)
+
+
+def _crossing(sorted_n: np.ndarray, q: float) -> float:
+    """n at which the empirical CDF of n* (step function on integers) reaches q, by linear
+    interpolation between consecutive integers."""
+    S = sorted_n.size
+    finite = sorted_n[np.isfinite(sorted_n)]
+    if finite.size == 0:
+        return math.inf
+    lo, hi = int(finite.min()) - 1, int(finite.max())
+    grid = np.arange(lo, hi + 1)
+    cdf = np.searchsorted(sorted_n, grid, side="right") / S
+    if cdf[-1] < q:
+        return math.inf
+    k = int(np.argmax(cdf >= q))
+    if k == 0:
+        return float(grid[0])
+    c0, c1 = cdf[k - 1], cdf[k]
+    return float(grid[k - 1] + (q - c0) / (c1 - c0))
+
+
+def simulated_capacity(manifolds, *, n_dichotomies: int = 40, seed: int = 0,
+                       center: bool = True, remove_center_subspace: bool = False,
+                       level: float = 0.95) -> SimulatedCapacity:
+    """Simulated capacity P / n_c of P manifolds (list of (M_i, N) arrays).
+
+    For each of ``n_dichotomies`` random dichotomies (labels +-1 per manifold) and nested
+    Gaussian projections, the critical n* is found by bisection with exact separability tests;
+    n_c is where the fraction separable crosses 1/2. ``capacity_lo/hi`` come from the order
+    statistics of n* at the quantiles 1/2 -+ z sqrt(1/(4S)) (z for ``level``);
+    ``capacity_err`` is half the 68 % interval. ``center`` subtracts the global mean (as the
+    mean-field analysis does); ``remove_center_subspace`` also projects out the low-rank center
+    subspace that :func:`memgeo.geometry.analyze` removes.
+    """
+    from scipy import stats
+    if int(n_dichotomies) < 2:
+        raise ValueError("n_dichotomies must be >= 2")
+    Y, labels, P = _prepare(manifolds, center, remove_center_subspace, seed)
+    rng = np.random.default_rng([3, int(seed)])
+    ns = np.array([critical_n(Y, labels, P, rng) for _ in range(int(n_dichotomies))])
+    srt = np.sort(ns)
+    S = srt.size
+    n_c = _crossing(srt, 0.5)
+
+    def interval(z):
+        d = z * math.sqrt(0.25 / S)
+        return _crossing(srt, min(0.5 + d, 1.0)), _crossing(srt, max(0.5 - d, 1.0 / S))
+
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    n_hi, n_lo = interval(z)
+    n1_hi, n1_lo = interval(1.0)
+    cap = P / n_c if n_c > 0 else math.inf
+    inv = lambda v: (P / v) if (v > 0 and math.isfinite(v)) else (0.0 if v == math.inf else math.inf)
+    err = 0.5 * abs(inv(n1_lo) - inv(n1_hi))
+    return SimulatedCapacity(cap, inv(n_hi), inv(n_lo), err, n_c, ns, P, Y.shape[1], level)
