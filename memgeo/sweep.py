@@ -19,6 +19,7 @@ from .config import ProbeConfig, RunConfig, SweepConfig
 from .train import Run, open_run, run_path, train
 
 INTERPOLATION_TOL = 0.01   # train error (vs training labels) that counts as fitting the noisy set
+PEAK_MIN_HEIGHT = 0.01     # test-error excess that counts as a peak
 
 
 def width_configs(sweep: SweepConfig) -> list[RunConfig]:
@@ -124,3 +125,15 @@ def sweep_geometry(runs: list[Run], probe: ProbeConfig, layers_from_end: int = 2
             {l: f"last{'' if k == 0 else f'-{k}'}" for k, l in enumerate(reversed(model_layers))}))
         frames.append(s)
     return pd.concat(frames, ignore_index=True)
+
+
+def double_descent_verdict(rep: dict, threshold, min_height: float = PEAK_MIN_HEIGHT) -> str:
+    """"reproduced": a local test-error peak at least `min_height` above the best narrower model
+    and above the widest model, within a factor 2 of the interpolation threshold; "partly": such
+    a peak elsewhere; "not reproduced": none."""
+    has_peak = (rep["local_peak_width"] is not None and rep["local_peak_height"] > min_height
+                and rep["local_peak_above_widest"] > min_height)
+    if not has_peak:
+        return "not reproduced"
+    near = threshold is not None and abs(np.log2(rep["local_peak_width"] / threshold)) <= 1
+    return "reproduced" if near else "partly"
