@@ -481,7 +481,7 @@ def _stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6):
 
 
 def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
-                         min_rank: int = 1, n_restarts: int = 10, max_iter: int = 1000,
+                         min_rank: int = 1, n_restarts: int = 10, max_iter: int = 500,
                          gtol: float = 1e-6) -> CenterSubspace:
     """Low-rank structure of the P manifold centers (rows of ``centers``, (P, N)).
 
@@ -876,52 +876,57 @@ def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every):
     return out, conv
 
 
-def _pdas(Gs, bs, x0, valid, Tn2, kd, tol, max_iter=30):
-    """Primal-dual active set (semismooth Newton) on gathered dual problems.
+def _pdas(Gh, bh, x0, valid, pad, Tn2, kd, tol, max_iter=30):
+    """Primal-dual active set (semismooth Newton) polish, in the packed (manifold, slot) layout.
 
-    Gs: (B, M, M) scaled Gram (unit diagonal), bs, x0, kd: (B, M), valid: (B, M) bool, Tn2: (B,).
-    Solves the equality-constrained problem on the support exactly each step.
-    Returns x (B, M) and the KKT residual (B,) of the final iterate (Gram-based).
+    Gh: (B, M, M) scaled Gram (unit diagonal), bh, x0: (B, n, M), valid: (B, n), pad: (B, M),
+    Tn2: (B, n), kd: (B, M). Each step takes the support A = {x - slack > 0}, solves the
+    equality-constrained problem on it exactly (Cholesky of the |A| x |A| block, gathered
+    compactly; pseudo-inverse when singular) and checks the KKT conditions. Returns the best
+    iterate (B, n, M) and its Gram-based residual (B, n).
     """
-    B, M = bs.shape
-    eye = torch.eye(M, dtype=_DTYPE, device=Gs.device)
+    B, n, M = bh.shape
+    dev = Gh.device
     x = x0.clone()
-    res = torch.full((B,), float("inf"), dtype=_DTYPE, device=Gs.device)
-    done = torch.zeros(B, dtype=torch.bool, device=Gs.device)
-    slack = torch.einsum("bij,bj->bi", Gs, x) + bs
-    A = ((x - slack) > 0) & valid
-    best_x = x.clone()
+    best = x.clone()
+    res = torch.full((B, n), float("inf"), dtype=_DTYPE, device=dev)
+    live = valid.clone()
+    bi4 = torch.arange(B, device=dev)[:, None, None, None]
+    padn = pad[:, None, :]
+    slack = torch.baddbmm(bh, x, Gh)
     for _ in range(max_iter):
-        idx = torch.nonzero(~done).flatten()
-        if idx.numel() == 0:
+        if not bool(live.any()):
             break
-        Ai = A[idx].to(_DTYPE)
-        Mi = Gs[idx] * Ai[:, :, None] * Ai[:, None, :] + torch.diag_embed(1.0 - Ai)
-        rhs = (-bs[idx] * Ai)[..., None]
-        Lc, info = torch.linalg.cholesky_ex(Mi)
-        sol = torch.empty_like(rhs)
-        okc = info == 0
-        if bool(okc.any()):
-            sol[okc] = torch.cholesky_solve(rhs[okc], Lc[okc])
-        if bool((~okc).any()):
-            sol[~okc] = torch.linalg.pinv(Mi[~okc], hermitian=True) @ rhs[~okc]
-        xi = sol[..., 0] * Ai
-        si = torch.einsum("bij,bj->bi", Gs[idx], xi) + bs[idx]
-        vn2 = Tn2[idx] + (xi * (bs[idx] + si)).sum(-1) + 2.0 * (xi * kd[idx]).sum(-1)
-        ell2 = torch.clamp(torch.maximum(Tn2[idx], vn2), min=1e-300)
+        A = ((x - slack) > 0) & ~padn & live[..., None]
+        cnt = A.sum(-1)
+        k = max(int(cnt.max()), 1)
+        idx = torch.argsort((~A).to(torch.int8), dim=-1, stable=True)[..., :k]     # (B, n, k)
+        smf = (torch.arange(k, device=dev) < cnt[..., None]).to(_DTYPE)
+        GA = Gh[bi4, idx[..., :, None], idx[..., None, :]]                         # (B, n, k, k)
+        GA = GA * smf[..., :, None] * smf[..., None, :] + torch.diag_embed(1.0 - smf)
+        rhs = (-bh.gather(2, idx) * smf)[..., None]
+        Lc, info = torch.linalg.cholesky_ex(GA)
+        sol = torch.cholesky_solve(rhs, Lc)
+        bad = info != 0
+        if bool(bad.any()):
+            sol[bad] = torch.linalg.pinv(GA[bad], hermitian=True) @ rhs[bad]
+        xn = torch.zeros_like(x).scatter_add_(2, idx, sol[..., 0] * smf)
+        x = torch.where(live[..., None], xn, x)
+        slack = torch.baddbmm(bh, x, Gh)
+        vn2 = Tn2 + torch.linalg.vecdot(x, bh + slack) + 2.0 * torch.linalg.vecdot(x, kd[:, None, :].expand_as(x))
+        ell2 = torch.clamp(torch.maximum(Tn2, vn2), min=1e-300)
         ell = torch.sqrt(ell2)
-        prim = torch.clamp(-si, min=0.0).amax(-1) / ell
-        dual = torch.clamp(-xi, min=0.0).amax(-1) / ell
-        comp = (xi * si).abs().amax(-1) / ell2
+        prim = torch.clamp(-slack.masked_fill(padn, 0.0), min=0.0).amax(-1) / ell
+        dual = torch.clamp(-x, min=0.0).amax(-1) / ell
+        comp = (x * slack).abs().amax(-1) / ell2
         r = torch.maximum(torch.maximum(prim, dual), comp)
-        better = r < res[idx]
-        res[idx] = torch.where(better, r, res[idx])
-        best_x[idx] = torch.where(better[:, None], xi, best_x[idx])
-        newA = ((xi - si) > 0) & valid[idx]
-        stuck = (newA == A[idx]).all(-1)
-        A[idx] = newA
-        done[idx] = (r <= tol) | stuck
-    return best_x, res
+        better = live & (r < res)
+        res = torch.where(better, r, res)
+        best = torch.where(better[..., None], x, best)
+        newA = ((x - slack) > 0) & ~padn
+        stuck = (newA == A).all(-1)
+        live = live & ~((r <= tol) | stuck)
+    return best, res
 
 
 def _pack(mask: torch.Tensor):
@@ -1055,7 +1060,7 @@ def _group_indices(Ms, n_list, budget=4_000_000):
 
 
 def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
-            max_iter: int = 300, check_every: int = 8, accept_tol: float = 1e-9,
+            max_iter: int = 32, check_every: int = 8, accept_tol: float = 1e-9,
             num_threads: int | None = None):
     """Batched exact solver of F(T) = min ||V - T||^2 s.t. V . s~_j >= kappa.
 
@@ -1138,17 +1143,20 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
                                           max_iter, check_every)
             mu[nd] = mu_nd
             stage[nd] = torch.where(conv_nd & run[nd], 1, 0).to(torch.int8)
-            # stage 2: active-set polish of the unconverged (chunks bound the memory)
-            todo = torch.nonzero(run & (stage == 0))
-            chunk = max(1, 4_000_000 // (Mmax * Mmax))
-            for c0 in range(0, todo.shape[0], chunk):
-                bi, ti = todo[c0:c0 + chunk, 0], todo[c0:c0 + chunk, 1]
-                bs = torch.einsum("bk,bkm->bm", Tp_t[bi, ti], Sh[bi]) - kd[bi]
-                bs = torch.where(pad[bi], 1.0, bs)
-                Tn2 = (Tp_t[bi, ti] ** 2).sum(-1)
-                xs, _ = _pdas(Gh[bi], bs, mu[bi, ti], ~pad[bi], Tn2, kd[bi], tol)
-                mu[bi, ti] = xs
-                stage[bi, ti] = 2
+            # stage 2: active-set polish of the unconverged, packed per manifold
+            rows, order, valid = _pack(run & (stage == 0))
+            if rows.numel():
+                per = max(1, 2_000_000 // max(1, order.shape[1] * Mmax * Mmax))
+                for c0 in range(0, rows.numel(), per):
+                    r, o, v = rows[c0:c0 + per], order[c0:c0 + per], valid[c0:c0 + per]
+                    Tg = Tp_t[r].gather(1, o[..., None].expand(-1, -1, D1max))
+                    bs = torch.bmm(Tg, Sh[r]) - kd[r][:, None, :]
+                    bs = torch.where(pad[r][:, None, :], 1.0, bs)
+                    x0 = mu[r].gather(1, o[..., None].expand(-1, -1, Mmax))
+                    xs, _ = _pdas(Gh[r], bs, x0, v, pad[r], (Tg * Tg).sum(-1), kd[r], tol)
+                    rr, oo = r[:, None].expand_as(o)[v], o[v]
+                    mu[rr, oo] = xs[v]
+                    stage[rr, oo] = 2
         kkt, W = _verify(Sh, Tp_t, mu, kd, pad, kappa)
         # stage 3: batched Lawson-Hanson for everything not verified
         redo = Tm_t & ~(kkt <= tol)
@@ -1302,10 +1310,36 @@ def capacity_from_points(S, *, kappa: float = 0.0, T=None, n_t: int = 200, seed:
 # --------------------------------------------------------------------------------------------
 # Full analysis
 # --------------------------------------------------------------------------------------------
+class _threads:
+    """Temporarily limit torch and BLAS (via threadpoolctl when installed) CPU threads."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+        if self.n < 1:
+            raise ValueError("num_threads must be >= 1")
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        try:
+            from threadpoolctl import threadpool_limits
+            self.tp = threadpool_limits(self.n)
+        except ImportError:
+            self.tp = None
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+        if self.tp is not None:
+            self.tp.restore_original_limits()
+        return False
+
+
 def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, device=None,
             return_per_t: bool = False, estimator: str = "public", solver: str = "batched",
             center_removal: bool = True, max_rank: int | None = None, min_rank: int = 1,
-            n_restarts: int = 10, basis: str = "gram") -> GeometryResult:
+            n_restarts: int = 10, basis: str = "gram",
+            num_threads: int | None = None) -> GeometryResult:
     """Mean-field manifold analysis of P manifolds (list of (M_i, N) arrays, numpy or torch).
 
     Parameters
@@ -1321,11 +1355,19 @@ def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, dev
     center_removal : remove the low-rank center subspace (K >= min_rank when P >= 3).
     max_rank, min_rank, n_restarts : limits of the K search (min_rank=0 lets K = 0 compete).
     basis : "gram" (default) or "qr" manifold coordinates (same law of every statistic).
+    num_threads : if given, torch and BLAS use this many CPU threads during the call (on a
+        machine shared with other jobs, 1 avoids intra-op threads waiting on each other).
 
     Manifolds with one point (M = 1) are valid: S~ = [[0], [1]], giving the point capacity
     alpha_0(kappa), R = 0 and D = 0. Exact duplicate points are used once. A manifold whose
     F(T) = 0 for every T has capacity inf (it contributes 0 to mean(1/alpha)).
     """
+    if num_threads is not None:
+        with _threads(num_threads):
+            return analyze(manifolds, kappa=kappa, n_t=n_t, seed=seed, device=device,
+                           return_per_t=return_per_t, estimator=estimator, solver=solver,
+                           center_removal=center_removal, max_rank=max_rank,
+                           min_rank=min_rank, n_restarts=n_restarts, basis=basis)
     kappa = _check_kappa(kappa)
     n_t = _check_n_t(n_t)
     seed = _check_seed(seed)
