@@ -121,7 +121,7 @@ class ProbeConfig:
     proj_dim: int = 5000        # random Gaussian projection when a layer is wider
     epochs: str = "auto"        # "auto": init, early stop, end and a few between; or "0,5,40"
     max_epochs: int = 8         # how many epochs "auto" picks
-    sim_dichotomies: int = 60   # per n in the simulated-capacity bisection (Fig. 1B check)
+    sim_dichotomies: int = 60   # random dichotomies in the simulated-capacity check (Fig. 1B)
     sim_epochs: str = "auto"    # epochs whose layers get simulated capacity ("auto": init, early, end)
 
     def __post_init__(self) -> None:
@@ -215,7 +215,7 @@ def _presets() -> dict[str, Preset]:
                                     checkpoints="log")),
             grad_sizes=(8, 16, 32)),
         "cpu": Preset(
-            "cpu", cpu_run, ProbeConfig(P=10, M=50, n_t=200, proj_dim=5000),
+            "cpu", cpu_run, ProbeConfig(P=10, M=50, n_t=200, proj_dim=5000, max_epochs=6, sim_dichotomies=20),
             SweepConfig(widths=(1, 2, 3, 4, 6, 8, 12, 16, 24),
                         run=replace(cpu_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=80,
                                     schedule="constant", checkpoints="log", width=1))),

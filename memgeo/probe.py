@@ -217,7 +217,7 @@ def select_sim_epochs(run: Run, probe: ProbeConfig, analysed: list[int]) -> list
     return sorted({analysed[0], run.early_stop_epoch, analysed[-1]} & set(analysed))
 
 
-def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("unpermuted", "permuted"),
+def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("test",),
                     progress: bool = True, device="cpu") -> pd.DataFrame:
     """Simulated capacity (random projections, random dichotomies, exact separability) next to the
     mean-field capacity of the same manifolds, for the paper's Fig. 1B check. Cached like the
