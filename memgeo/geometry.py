@@ -876,56 +876,75 @@ def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every):
     return out, conv
 
 
-def _pdas(Gh, bh, x0, valid, pad, Tn2, kd, tol, max_iter=30):
+def _pdas(Gh, bh, x0, valid, pad, Tn2, kd, tol, max_iter=20):
     """Primal-dual active set (semismooth Newton) polish, in the packed (manifold, slot) layout.
 
     Gh: (B, M, M) scaled Gram (unit diagonal), bh, x0: (B, n, M), valid: (B, n), pad: (B, M),
     Tn2: (B, n), kd: (B, M). Each step takes the support A = {x - slack > 0}, solves the
     equality-constrained problem on it exactly (Cholesky of the |A| x |A| block, gathered
-    compactly; pseudo-inverse when singular) and checks the KKT conditions. Returns the best
-    iterate (B, n, M) and its Gram-based residual (B, n).
+    compactly; pseudo-inverse when singular) and checks the KKT conditions; problems that
+    converge, reach a fixed point or cycle leave the batch (repacked). Returns the best iterate
+    (B, n, M) and its Gram-based residual (B, n).
     """
     B, n, M = bh.shape
     dev = Gh.device
-    x = x0.clone()
-    best = x.clone()
+    best = x0.clone()
     res = torch.full((B, n), float("inf"), dtype=_DTYPE, device=dev)
+    # working set (repacked as problems leave)
+    wb = torch.arange(B, device=dev)
+    wt = torch.arange(n, device=dev)[None, :].expand(B, n).clone()
     live = valid.clone()
-    bi4 = torch.arange(B, device=dev)[:, None, None, None]
-    padn = pad[:, None, :]
-    slack = torch.baddbmm(bh, x, Gh)
+    Gw, bw, x, T2, padw, kdw = Gh, bh, x0.clone(), Tn2, pad[:, None, :], kd[:, None, :]
+    slack = torch.baddbmm(bw, x, Gw)
+    stall = torch.zeros((B, n), dtype=torch.int8, device=dev)
+    rbest = torch.full((B, n), float("inf"), dtype=_DTYPE, device=dev)
     for _ in range(max_iter):
         if not bool(live.any()):
             break
-        A = ((x - slack) > 0) & ~padn & live[..., None]
+        Bw = x.shape[0]
+        A = ((x - slack) > 0) & ~padw & live[..., None]
         cnt = A.sum(-1)
         k = max(int(cnt.max()), 1)
-        idx = torch.argsort((~A).to(torch.int8), dim=-1, stable=True)[..., :k]     # (B, n, k)
+        idx = torch.argsort((~A).to(torch.int8), dim=-1, stable=True)[..., :k]     # (Bw, n', k)
         smf = (torch.arange(k, device=dev) < cnt[..., None]).to(_DTYPE)
-        GA = Gh[bi4, idx[..., :, None], idx[..., None, :]]                         # (B, n, k, k)
+        bi4 = torch.arange(Bw, device=dev)[:, None, None, None]
+        GA = Gw[bi4, idx[..., :, None], idx[..., None, :]]                         # (Bw, n', k, k)
         GA = GA * smf[..., :, None] * smf[..., None, :] + torch.diag_embed(1.0 - smf)
-        rhs = (-bh.gather(2, idx) * smf)[..., None]
+        rhs = (-bw.gather(2, idx) * smf)[..., None]
         Lc, info = torch.linalg.cholesky_ex(GA)
         sol = torch.cholesky_solve(rhs, Lc)
         bad = info != 0
         if bool(bad.any()):
             sol[bad] = torch.linalg.pinv(GA[bad], hermitian=True) @ rhs[bad]
-        xn = torch.zeros_like(x).scatter_add_(2, idx, sol[..., 0] * smf)
-        x = torch.where(live[..., None], xn, x)
-        slack = torch.baddbmm(bh, x, Gh)
-        vn2 = Tn2 + torch.linalg.vecdot(x, bh + slack) + 2.0 * torch.linalg.vecdot(x, kd[:, None, :].expand_as(x))
-        ell2 = torch.clamp(torch.maximum(Tn2, vn2), min=1e-300)
+        x = torch.zeros_like(x).scatter_add_(2, idx, sol[..., 0] * smf)
+        slack = torch.baddbmm(bw, x, Gw)
+        vn2 = T2 + torch.linalg.vecdot(x, bw + slack) + 2.0 * torch.linalg.vecdot(x, kdw.expand_as(x))
+        ell2 = torch.clamp(torch.maximum(T2, vn2), min=1e-300)
         ell = torch.sqrt(ell2)
-        prim = torch.clamp(-slack.masked_fill(padn, 0.0), min=0.0).amax(-1) / ell
+        prim = torch.clamp(-slack.masked_fill(padw, 0.0), min=0.0).amax(-1) / ell
         dual = torch.clamp(-x, min=0.0).amax(-1) / ell
         comp = (x * slack).abs().amax(-1) / ell2
         r = torch.maximum(torch.maximum(prim, dual), comp)
-        better = live & (r < res)
-        res = torch.where(better, r, res)
-        best = torch.where(better[..., None], x, best)
-        newA = ((x - slack) > 0) & ~padn
-        stuck = (newA == A).all(-1)
+        imp = live & (r < rbest)
+        if bool(imp.any()):
+            bb, tt = wb[:, None].expand_as(wt)[imp], wt[imp]
+            res[bb, tt] = r[imp]
+            best[bb, tt] = x[imp]
+        stall = torch.where(live & (r < 0.5 * rbest), 0, stall + 1).to(torch.int8)
+        rbest = torch.where(imp, r, rbest)
+        newA = ((x - slack) > 0) & ~padw
+        stuck = (newA == A).all(-1) | (stall >= 4)          # fixed point, or cycling
         live = live & ~((r <= tol) | stuck)
+        nl = int(live.sum())
+        if 0 < nl <= 0.6 * live.numel():
+            rows, order, v = _pack(live)
+            o3 = order[..., None].expand(-1, -1, M)
+            wb, wt = wb[rows], wt[rows].gather(1, order)
+            Gw, padw, kdw = Gw[rows], padw[rows], kdw[rows]
+            bw, x, slack = bw[rows].gather(1, o3), x[rows].gather(1, o3), slack[rows].gather(1, o3)
+            T2, stall = T2[rows].gather(1, order), stall[rows].gather(1, order)
+            rbest = rbest[rows].gather(1, order)
+            live = v
     return best, res
 
 
@@ -1146,7 +1165,7 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
             # stage 2: active-set polish of the unconverged, packed per manifold
             rows, order, valid = _pack(run & (stage == 0))
             if rows.numel():
-                per = max(1, 2_000_000 // max(1, order.shape[1] * Mmax * Mmax))
+                per = max(1, 6_000_000 // max(1, order.shape[1] * Mmax * Mmax))
                 for c0 in range(0, rows.numel(), per):
                     r, o, v = rows[c0:c0 + per], order[c0:c0 + per], valid[c0:c0 + per]
                     Tg = Tp_t[r].gather(1, o[..., None].expand(-1, -1, D1max))
