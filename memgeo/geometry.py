@@ -42,15 +42,26 @@ Input: P manifolds, manifold i an (M_i, N) array (samples x features).
 
    Aggregates: capacity ``1 / mean_i(1/alpha_i)``; radius and dimension arithmetic means.
 
-The per-T problem is solved for all T and all manifolds at once in torch (float64, any device):
-an accelerated projected-gradient method on the Jacobi-scaled dual (momentum capped by the
-problem's condition number, gradient restart), with the KKT conditions checked for every T; T
-that do not meet them go to a primal-dual active-set (semismooth Newton) polish that solves the
-equality-constrained problem on the support exactly, and whatever still fails goes to an exact
-per-T active-set solver (Lawson-Hanson NNLS on the least-distance form, valid for every kappa),
-then to cvxopt. Every returned solution carries its verified KKT residual (relative; primal and
-dual feasibility, complementary slackness, stationarity). ``solver="cvxopt"`` is the slow oracle
-(one cvxopt QP per T, as the public code), on the same preprocessing and the same T.
+The per-T problem is solved for all T and all manifolds at once in torch (float64, CPU or
+CUDA), in stages (see :func:`solve_f`): (1) accelerated projected gradient on the Jacobi-scaled
+dual (momentum capped by the condition number, gradient restart), converged T leaving the
+batch; (2) for T it has not settled within a few dozen iterations (ill-conditioned point sets),
+a primal-dual active-set polish that solves the equality-constrained problem on the support
+exactly (Cholesky of the support block); (3) batched Lawson-Hanson NNLS on the least-distance
+form (exact for every kappa, robust to duplicates and rank deficiency; used directly for point
+sets with many points in few dimensions); (4) scipy NNLS and (5) cvxopt per T as last resorts.
+After every stage each T's KKT residual (relative; primal and dual feasibility, complementary
+slackness, stationarity) is computed explicitly from V = T + S~ lambda, never assumed, and it
+is returned with the solution. ``solver="cvxopt"`` is the slow oracle (one cvxopt QP per T, as
+the public code), on the same preprocessing and the same T.
+
+Choices the reference leaves open (all parameters): K >= 1 whenever a rank can be removed
+(``min_rank=1``, as the public code; ``min_rank=0`` lets "no removal" compete), so P = 2 gives
+K = 0 and P = 3 gives K = 1 (collinear residual centers); manifold coordinates from the
+eigenbasis of the centered Gram matrix (``basis="gram"``; a rotation of the public code's QR
+basis, ``basis="qr"``, same law of every statistic; Gram eigenvalues below 1e-13 M x the largest
+count as flat directions); T drawn per manifold from the seed sequence (seed, manifold index);
+exact duplicate points used once; a point set with F = 0 for every T has capacity inf.
 
 Example::
 
