@@ -404,18 +404,21 @@ def center_correlation(centers) -> float:
 
 def _corr_cost_grad(V, X, XXt, diag):
     """Cost 1/2 sum_mn C_mn^2/(C_mm C_nn), C = XX^T - (XV)(XV)^T, and its Euclidean gradient in V.
-    V: (b, r, K) stack. Returns cost (b,) (inf where a residual center vanishes), grad (b, r, K)."""
+    V: (b, r, K) stack. Returns cost (b,) (inf where a residual center vanishes), grad (b, r, K).
+
+    With w = 1/diag(C): cost = 1/2 w^T (C o C) w and dcost/dA = 2 (q o A - w o (C (w o A))),
+    q = w^2 o ((C o C) w), A = X V; dcost/dV = X^T dcost/dA.
+    """
     A = np.matmul(X, V)                                   # (b, P, K)
     C = XXt - np.matmul(A, A.transpose(0, 2, 1))
     c0 = diag - np.einsum("bpk,bpk->bp", A, A)
     bad = np.any(c0 <= 0, axis=1)
-    inv = 1.0 / np.where(c0 > 0, c0, 1.0)
-    W = C * inv[:, :, None] * inv[:, None, :]
-    WC = W * C
-    cost = 0.5 * WC.sum(axis=(1, 2))
+    w = 1.0 / np.where(c0 > 0, c0, 1.0)
+    C2w = np.matmul(C * C, w[:, :, None])[:, :, 0]        # (b, P)
+    cost = 0.5 * np.einsum("bp,bp->b", w, C2w)
     cost[bad] = np.inf
-    q = WC.sum(axis=2) * inv
-    dA = 2.0 * (q[:, :, None] * A - np.matmul(W, A))
+    wA = w[:, :, None] * A
+    dA = 2.0 * ((w * w * C2w)[:, :, None] * A - w[:, :, None] * np.matmul(C, wA))
     return cost, np.matmul(X.T, dA)
 
 
