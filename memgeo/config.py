@@ -218,7 +218,8 @@ def _presets() -> dict[str, Preset]:
             "cpu", cpu_run, ProbeConfig(P=10, M=50, n_t=200, proj_dim=5000, max_epochs=6, sim_dichotomies=20),
             SweepConfig(widths=(1, 2, 3, 4, 6, 8, 12, 16, 24),
                         run=replace(cpu_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=80,
-                                    schedule="constant", checkpoints="log", width=1))),
+                                    train_per_class=500, schedule="constant", checkpoints="log",
+                                    width=1))),
         "paper": Preset(
             "paper", paper_run, ProbeConfig(P=100, M=50, n_t=300, proj_dim=5000),
             SweepConfig(widths=(1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64),
