@@ -618,6 +618,7 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
     # pass 1: validity, global mean, centers
     centers = np.empty((P, N))
     Ms = np.zeros(P, dtype=np.int64)
+    mag = 0.0
     for i, Xi in enumerate(ms):
         X = _as_numpy(Xi)
         s = np.add.reduce(X, axis=0, dtype=np.float64)
@@ -629,6 +630,13 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
                              "samples) before the analysis")
         Ms[i] = X.shape[0]
         centers[i] = s / X.shape[0]
+        mag = max(mag, float(np.max(np.abs(X[0]))), float(np.max(np.abs(centers[i]))))
+    # the method is scale-invariant: bring extreme magnitudes to ~1 by an exact power of 2 so
+    # that Gram products neither overflow nor underflow (no-op for ordinary data)
+    inv_sc = 1.0
+    if mag > 2.0 ** 60 or 0.0 < mag < 2.0 ** -60:
+        inv_sc = 2.0 ** -round(math.log2(mag))
+        centers *= inv_sc
     mu = (Ms[:, None] * centers).sum(axis=0) / float(Ms.sum())
     C = centers - mu
     if center_removal:
@@ -653,7 +661,7 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
     for i, Xi in enumerate(ms):
         X = _as_numpy(Xi)
         M = X.shape[0]
-        Xc = X - centers[i][None, :]
+        Xc = X - centers[i][None, :] if inv_sc == 1.0 else X * inv_sc - centers[i][None, :]
         gram_raw = Xc @ Xc.T
         if not np.isfinite(gram_raw).all():
             raise ValueError(f"manifold {i}: feature values too large (squared norms overflow); "

@@ -18,7 +18,7 @@ non-zero; either way a certificate is checked (A w > 0, or a convex combination 
 Example::
 
     from memgeo.simcap import simulated_capacity
-    res = simulated_capacity(manifolds, n_dichotomies=40, seed=0)
+    res = simulated_capacity(manifolds, n_dichotomies=24, seed=0)
     res.capacity, res.capacity_err, res.fraction(120)
 """
 from __future__ import annotations
@@ -117,16 +117,12 @@ def _prepare(manifolds, center: bool, remove_center_subspace: bool, seed: int):
         cs = find_center_subspace(C, seed=seed)
         if cs.K > 0:
             Z = Z - (Z @ cs.basis) @ cs.basis.T
-    # coordinates in an orthonormal basis of the span (Gaussian projections are invariant)
-    if Z.shape[1] > Z.shape[0]:
-        U, s, _ = np.linalg.svd(Z, full_matrices=False)
-        keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros_like(s, bool)
-        Y = U[:, keep] * s[keep]
-    else:
-        U, s, Vt = np.linalg.svd(Z, full_matrices=False)
-        keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros_like(s, bool)
-        Y = U[:, keep] * s[keep]
-    return Y, labels, len(ms)
+    # coordinates in an orthonormal basis of the span (the law of a Gaussian projection only
+    # depends on them); memory (sum M_i) x min(N, sum M_i)
+    Z /= max(float(np.max(np.abs(Z))), 1e-300)
+    U, s, _ = np.linalg.svd(Z, full_matrices=False)
+    keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros_like(s, bool)
+    return U[:, keep] * s[keep], labels, len(ms)
 
 
 def critical_n(Y, labels, P, rng, n_max=None) -> float:
@@ -195,7 +191,7 @@ def _crossing(sorted_n: np.ndarray, q: float) -> float:
     return float(grid[k - 1] + (q - c0) / (c1 - c0))
 
 
-def simulated_capacity(manifolds, *, n_dichotomies: int = 40, seed: int = 0,
+def simulated_capacity(manifolds, *, n_dichotomies: int = 24, seed: int = 0,
                        center: bool = True, remove_center_subspace: bool = False,
                        level: float = 0.95) -> SimulatedCapacity:
     """Simulated capacity P / n_c of P manifolds (list of (M_i, N) arrays).

@@ -392,6 +392,15 @@ def test_bad_inputs():
         g.solve_f(np.array([[np.nan], [1.0]]), np.zeros((1, 2)))
 
 
+def test_scale_invariance_and_extreme_magnitudes():
+    ms = _gauss_manifolds(4, 6, 40, seed=5)
+    ref = g.analyze(ms, n_t=60, seed=1)
+    for f in (2.0 ** 400, 1e150, 1e-150, 3.7):
+        r = g.analyze([m * f for m in ms], n_t=60, seed=1, num_threads=1)
+        for key, val in ref.as_dict().items():
+            assert r.as_dict()[key] == pytest.approx(val, rel=1e-6, abs=1e-12), (f, key)
+
+
 def test_negative_kappa_is_defined():
     S = np.array([[0.0], [1.0]])
     T = np.random.default_rng(0).standard_normal((20000, 2))
