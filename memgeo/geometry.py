@@ -504,9 +504,11 @@ def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
     ``n_restarts`` times from [random combination of centers, V_(K-1)] and keeping the start whose
     least-preserved center keeps the largest fraction of its norm (public code's "stability").
     K_max = min(r - 1, n95 + 10) with n95 the number of components below 95 % of the variance
-    (public: argmax + 11), so residuals keep at least one dimension; the search stops when the
-    mean |residual correlation| has risen three times in a row. The K with the lowest mean
-    |residual correlation| is chosen. P = 2 (r = 1) gives K = 0: nothing can be removed.
+    (public: argmax + 11), so residuals keep at least one dimension; the search stops as soon as
+    the mean |residual correlation| has risen three times in a row (the public code also always
+    evaluates K = 5 and crashes when K_max exceeds P - 2; here K <= r - 1 always). The K with the
+    lowest mean |residual correlation| is chosen. P = 2 (r = 1) gives K = 0: nothing can be
+    removed. Cost: O(n_restarts x P^2 x K) per iteration, independent of N.
     """
     centers = np.asarray(centers, dtype=np.float64)
     P = centers.shape[0]
