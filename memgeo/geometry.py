@@ -1451,6 +1451,9 @@ class RandomProjection:
     epoch and manifold type; it is cached when it takes at most ``cache_bytes``, otherwise
     regenerated block by block on each call (memory O(n_out x block)).
 
+    Cost: generating the matrix (n_in x n_out normals) plus the product M x n_in x n_out;
+    ``device="cuda"`` runs the product there.
+
     Example: ``proj = RandomProjection(65536, 5000, seed=0); Y = proj(X)  # X (M, 65536)``
     """
     _BLOCK = 4096
@@ -1471,7 +1474,7 @@ class RandomProjection:
         c0 = k * self._BLOCK
         c1 = min(self.n_in, c0 + self._BLOCK)
         g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + k + 17)
-        return torch.randn((self.n_out, c1 - c0), generator=g, dtype=torch.float64).to(self.dtype)
+        return torch.randn((self.n_out, c1 - c0), generator=g, dtype=self.dtype)
 
     def _blocks(self):
         nb = (self.n_in + self._BLOCK - 1) // self._BLOCK
