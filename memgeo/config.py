@@ -216,7 +216,7 @@ def _presets() -> dict[str, Preset]:
             grad_sizes=(8, 16, 32)),
         "cpu": Preset(
             "cpu", cpu_run, ProbeConfig(P=10, M=50, n_t=200, proj_dim=5000, max_epochs=6, sim_dichotomies=20),
-            SweepConfig(widths=(1, 2, 3, 4, 6, 8, 12, 16, 24),
+            SweepConfig(widths=(1, 2, 3, 4, 6, 8, 12, 16),
                         run=replace(cpu_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=80,
                                     train_per_class=500, schedule="constant", checkpoints="log",
                                     width=1))),
