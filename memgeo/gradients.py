@@ -305,8 +305,13 @@ def split_at_epoch(run: Run, epoch: int, data: LabelledData, settings: GradientS
 # ---------------------------------------------------------------------------------------------
 # Over the saved epochs of a run (cached)
 
+MEMORIZATION_LEVELS = (0.25, 0.5, 0.9)   # "auto" epochs: where the permuted examples reach these
+
+
 def select_epochs(run: Run, settings: GradientSettings) -> list[int]:
-    """The checkpoints to analyse: "auto" = init, early-stopping epoch, end and log-spaced between."""
+    """The checkpoints to analyse. "auto": initialization, the early-stopping epoch, the end, the
+    first epochs at which the permuted examples are memorized to each of MEMORIZATION_LEVELS
+    (training-label accuracy), then log-spaced epochs, up to `max_epochs` saved checkpoints."""
     saved = run.checkpoint_epochs
     if settings.epochs != "auto":
         try:
@@ -317,14 +322,18 @@ def select_epochs(run: Run, settings: GradientSettings) -> list[int]:
         if missing:
             raise ConfigError(f"epochs {missing} have no checkpoint in {run.path.name}; saved: {saved}")
         return want
-    must = {saved[0], saved[-1]}
+    first, last = saved[0], saved[-1]
+    chosen = {first, last}
     if run.early_stop_epoch in saved:
-        must.add(run.early_stop_epoch)
-    last = saved[-1]
-    k = max(settings.max_epochs - len(must), 0)
-    # log-spaced targets between 1 and the end, snapped to the nearest saved epoch
-    chosen = set(must)
-    if k and last > 0:
+        chosen.add(run.early_stop_epoch)
+    m = run.metrics.set_index("epoch")["acc_permuted_train"]
+    for level in MEMORIZATION_LEVELS:
+        reached = [e for e in saved if e > first and m.get(e, 0.0) >= level]
+        if reached and len(chosen) < settings.max_epochs:
+            chosen.add(reached[0])
+    k = settings.max_epochs - len(chosen)
+    if k > 0 and last > 0:
+        # log-spaced targets between 1 and the end, snapped to the nearest saved epoch
         for t in np.unique(np.round(np.geomspace(1, last, k + 2)[:-1])):
             chosen.add(min(saved, key=lambda e: (abs(e - t), e)))
             if len(chosen) >= settings.max_epochs:
@@ -355,8 +364,8 @@ def gradients_over_epochs(run: Run, settings: GradientSettings, epochs: Sequence
         for e in todo:
             rows = _epoch_rows(run, e, data, settings)
             table = _read_cache(path)  # merge with anything written meanwhile
-            table = pd.concat([table[table["epoch"] != e] if not table.empty else table, rows],
-                              ignore_index=True).sort_values(["epoch"], kind="stable")
+            table = rows if table.empty else pd.concat([table[table["epoch"] != e], rows], ignore_index=True)
+            table = table.sort_values(["epoch"], kind="stable").reset_index(drop=True)
             _write_cache(path, table, settings)
             if bar is not None:
                 bar.update(1)
@@ -521,6 +530,15 @@ def model_ratio(components: pd.DataFrame, layer: str, n) -> np.ndarray:
     return np.sqrt((p.sigma2 / n + max(p.mu2, 0.0)) / (u.sigma2 / n + max(u.mu2, 0.0)))
 
 
+def model_total_ratio(components: pd.DataFrame, layer: str, n_unpermuted: int, n_permuted: int) -> float:
+    """Ratio of the two groups' parts of the loss gradient that the two-component fit predicts for
+    n_unpermuted and n_permuted examples: sqrt(n_p s2_p + n_p^2 mu2_p) / sqrt(n_u s2_u + n_u^2 mu2_u)."""
+    c = components.set_index(["layer", "group"])
+    u, p = c.loc[(layer, "unpermuted")], c.loc[(layer, "permuted")]
+    nu, npm = float(n_unpermuted), float(n_permuted)
+    return float(np.sqrt((npm * p.sigma2 + npm ** 2 * max(p.mu2, 0.0)) / (nu * u.sigma2 + nu ** 2 * max(u.mu2, 0.0))))
+
+
 def output_uniformity(model: BlockNet, data: LabelledData, index: np.ndarray) -> dict:
     """How close the outputs are to uniform (the premise of the derivation near initialisation):
     mean largest softmax probability (1/C when uniform) and the logits' standard deviation."""
@@ -571,13 +589,18 @@ def scaling_at_epoch(run: Run, settings: GradientSettings, data: LabelledData | 
 # ---------------------------------------------------------------------------------------------
 # Summary numbers and figures
 
-def verdict(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, layer: str = ALL) -> dict:
+def verdict(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, layer: str = ALL,
+            small: float = 0.5, growth: float = 1.5, full_init: pd.DataFrame | None = None) -> dict:
     """Numbers for the paper's claim 5 on one layer (default: the whole network).
 
-    ratio_init / ratio_early / ratio_end: permuted / unpermuted contribution at init, at the
-    early-stopping epoch and at the end; ratio_max and its epoch; the unpermuted accuracy at the
-    epoch where the ratio first exceeds twice its initial value (`rise_epoch`, -1 if never);
-    `reproduces`: the ratio starts below 1/2 and later at least doubles.
+    ratio_init / ratio_early / ratio_end: permuted / unpermuted part of the loss gradient at
+    initialization, at the early-stopping epoch and at the end; ratio_max and its epoch.
+    The memorization phase is the analysed epochs after the early-stopping epoch at which the
+    permuted examples are fitted to their training labels between MEMORIZATION_LEVELS[0] and 0.99:
+    `ratio_memorizing` is the mean ratio there, `growth` = ratio_memorizing / ratio_init, and the
+    mean accuracies there. `small_init`: the ratio at initialization is below `small`, measured on
+    `full_init` (the split at epoch 0 on the whole training subset) when given, else on the sample;
+    `grows`: growth >= the `growth` threshold (growth compares epochs of the same sample).
     """
     d = table[table["layer"] == layer].set_index("epoch").sort_index()
     r = d["ratio"]
@@ -588,13 +611,126 @@ def verdict(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, layer: 
            "coherence_unpermuted_init": float(d["coherence_unpermuted"].iloc[0]),
            "coherence_permuted_init": float(d["coherence_permuted"].iloc[0]),
            "cosine_init": float(d["cosine"].iloc[0]), "n_sample": int(d["n"].iloc[0])}
-    risen = r[(r.index > e0) & (r > 2 * r.iloc[0])]
-    out["rise_epoch"] = int(risen.index[0]) if len(risen) else -1
     m = metrics.set_index("epoch")
-    out["acc_unpermuted_at_rise"] = float(m["acc_unpermuted"].get(out["rise_epoch"], float("nan")))
-    out["acc_permuted_train_at_rise"] = float(m["acc_permuted_train"].get(out["rise_epoch"], float("nan")))
-    out["reproduces"] = bool(out["ratio_init"] < 0.5 and out["ratio_max"] >= 2 * out["ratio_init"])
+    memo = m["acc_permuted_train"].reindex(r.index)
+    phase = r.index[(r.index > early_stop) & (memo >= MEMORIZATION_LEVELS[0]).values & (memo < 0.99).values]
+    out["epochs_memorizing"] = [int(e) for e in phase]
+    nan = float("nan")
+    out["ratio_memorizing"] = float(r.loc[phase].mean()) if len(phase) else nan
+    out["acc_unpermuted_memorizing"] = float(m["acc_unpermuted"].reindex(phase).mean()) if len(phase) else nan
+    out["acc_permuted_memorizing"] = float(memo.loc[phase].mean()) if len(phase) else nan
+    out["growth"] = out["ratio_memorizing"] / out["ratio_init"] if out["ratio_init"] > 0 else nan
+    out["ratio_init_full"] = (float(full_init.set_index("layer").loc[layer, "ratio"])
+                              if full_init is not None else nan)
+    out["cosine_init_full"] = (float(full_init.set_index("layer").loc[layer, "cosine"])
+                               if full_init is not None else nan)
+    out["small_init"] = bool((out["ratio_init_full"] if full_init is not None else out["ratio_init"]) < small)
+    out["grows"] = bool(out["growth"] >= growth)   # False when nan (no memorization phase analysed)
     return out
+
+
+def summary_numbers(run: Run, data: LabelledData, settings: GradientSettings, table: pd.DataFrame,
+                    full_init: pd.DataFrame, scaling: pd.DataFrame, small: float = 0.5, growth: float = 1.5,
+                    slope_tol: float = 0.15, layer: str = ALL) -> dict:
+    """Every number (and the few sentences that depend on them) that the book's gradient section
+    quotes, as plain Python values ready for `glue`.
+
+    `table`: gradients_over_epochs; `full_init`: the split at epoch 0 on the whole training subset;
+    `scaling`: scaling_at_epoch. Thresholds: `small` (ratio at init), `growth` (memorization phase
+    over init), `slope_tol` (distance of the fitted slope from -1/2).
+    """
+    early = run.early_stop_epoch
+    v = verdict(table, run.metrics, early, layer=layer, small=small, growth=growth, full_init=full_init)
+    slopes = fit_slopes(scaling).set_index("layer")
+    comp_t = fit_two_components(scaling)
+    comp = comp_t.set_index(["layer", "group"])
+    uni = output_uniformity(run.load_model(0, device=data.x_train.device), data,
+                            gradient_sample(data, settings.n_examples, settings.seed))
+    s_all, s_log = slopes.loc[layer], slopes.loc["logits"]
+    d = table[table["layer"] == layer]
+    pre = d[(d["epoch"] > d["epoch"].min()) & (d["epoch"] <= early)]["ratio"]
+    n_u, n_p = int(d["n_unpermuted"].iloc[0]), int(d["n_permuted"].iloc[0])
+    fu, fp = int(full_init["n_unpermuted"].iloc[0]), int(full_init["n_permuted"].iloc[0])
+    mu2_u, mu2_p = float(comp.loc[(layer, "unpermuted"), "mu2"]), float(comp.loc[(layer, "permuted"), "mu2"])
+    C = data.num_classes
+    out = {
+        "n_sample": v["n_sample"], "n_train": len(data.x_train), "n_unpermuted": n_u, "n_permuted": n_p,
+        "n_unperm_all": fu, "n_perm_all": fp,
+        "epochs": ", ".join(str(e) for e in sorted(table["epoch"].unique())),
+        "early": early, "epoch_end": v["epoch_end"],
+        "max_prob": uni["max_prob"], "uniform": uni["uniform"], "logit_std": uni["logit_std"],
+        "ratio_init": v["ratio_init"], "ratio_early": v["ratio_early"], "ratio_end": v["ratio_end"],
+        "ratio_max": v["ratio_max"], "epoch_max": v["epoch_max"],
+        "ratio_init_logits": float(table[(table["layer"] == "logits") & (table["epoch"] == v["epoch_init"])]["ratio"].iloc[0]),
+        "ratio_min_pre": float(pre.min()) if len(pre) else float("nan"),
+        "ratio_max_pre": float(pre.max()) if len(pre) else float("nan"),
+        "ratio_init_full": v["ratio_init_full"], "cosine_init": v["cosine_init"],
+        "cosine_init_full": v["cosine_init_full"],
+        "ratio_init_full_fit": model_total_ratio(comp_t, layer, fu, fp),
+        "coh_u_init": v["coherence_unpermuted_init"], "coh_p_init": v["coherence_permuted_init"],
+        "inv_n_u": 1 / n_u, "inv_n_p": 1 / n_p,
+        "memo_levels": ", ".join(f"{q:.0%}" for q in MEMORIZATION_LEVELS),
+        "ratio_mem": v["ratio_memorizing"], "growth": v["growth"],
+        "epochs_mem": ", ".join(str(e) for e in v["epochs_memorizing"]) or "none",
+        "acc_u_mem": v["acc_unpermuted_memorizing"], "acc_p_mem": v["acc_permuted_memorizing"],
+        "slope_u": s_all["slope_unpermuted"], "slope_p": s_all["slope_permuted"],
+        "slope_ratio": s_all["slope_ratio"], "slope_ratio_logits": s_log["slope_ratio"],
+        "slope_ratio_local": s_all["slope_ratio_local"], "slope_pred": -0.5,
+        "sizes": ", ".join(str(n) for n in settings.sizes), "repeats": settings.repeats,
+        "pool_factor": settings.pool_factor,
+        "ratio_first": s_all["ratio_first"], "ratio_last": s_all["ratio_last"],
+        "n_first": int(s_all["n_first"]), "n_last": int(s_all["n_last"]),
+        "ncross_u": float(comp.loc[(layer, "unpermuted"), "n_cross"]),
+        "mu_ratio": float(np.sqrt(max(mu2_p, 0.0) / mu2_u)) if mu2_u > 0 else float("nan"),
+        "ratio_pred_full": float(model_ratio(comp_t, layer, fu)),
+        "C": C, "floor_pred": 1 / (C - 1),
+        "small": small, "growth_min": growth, "slope_tol": slope_tol,
+    }
+    out["coh_u_side"] = "below" if out["coh_u_init"] < out["inv_n_u"] else "above"
+    out["coh_p_side"] = "below" if out["coh_p_init"] < out["inv_n_p"] else "above"
+    out["small_init_word"] = "is" if v["small_init"] else "is not"
+    if v["epochs_memorizing"]:
+        out["grows_word"] = (
+            ("grows" if v["grows"] else "does not grow enough to count")
+            + f": over the memorization phase (epochs {out['epochs_mem']}, where the permuted examples are "
+            f"fitted to {out['acc_p_mem']:.2f} of their training labels on average and the unpermuted ones "
+            f"to {out['acc_u_mem']:.2f}) it averages {out['ratio_mem']:.2f}, {out['growth']:.2f} times its "
+            f"value at initialization on the same sample")
+    else:
+        out["grows_word"] = ("cannot be judged: no analysed epoch after the early-stopping epoch falls in the "
+                             "memorization phase")
+    slope_ok = abs(out["slope_ratio"] + 0.5) <= slope_tol
+    out["slope_word"] = "agrees with" if slope_ok else "is far from"
+    if mu2_u > 0:
+        fit = (f"The unpermuted examples have a coherent part, which dominates beyond about "
+               f"{out['ncross_u']:.0f} examples. ")
+        if mu2_p > 0:
+            fit += (f"The permuted examples' coherent part is {out['mu_ratio']:.2f} times as large in norm "
+                    f"(predicted: {out['floor_pred']:.2f}). ")
+        else:
+            fit += (f"The permuted examples show none: their fitted coherent part is zero or negative, within "
+                    f"the noise (the predicted one, {out['floor_pred']:.2f} times the unpermuted one in norm, "
+                    f"is below what this fit resolves). ")
+        fit += (f"Extrapolated to all {fu} unpermuted examples of the training subset (and as many permuted "
+                f"ones), the fit gives a per-example ratio of {out['ratio_pred_full']:.2f}.")
+        if mu2_p <= 0 or out["mu_ratio"] < 0.5:
+            mech = (f"The two-component fit agrees with the argument: the unpermuted examples' gradients add "
+                    f"coherently beyond about {out['ncross_u']:.0f} examples and the permuted ones' hardly at "
+                    f"all, so the ratio keeps falling, its slope approaching -1/2 only for many more examples "
+                    f"than that (local slope {out['slope_ratio_local']:.2f} at the largest n).")
+        else:
+            mech = (f"The permuted examples' gradients keep a coherent part {out['mu_ratio']:.2f} times that of "
+                    f"the unpermuted ones, so the ratio levels off near that value instead of falling like the "
+                    f"inverse square root of n.")
+    else:
+        fit = (f"The fit finds no coherent part in the unpermuted examples' gradients: with at most "
+               f"{out['n_last']} examples per group, the class signal of the initial features does not show "
+               f"above the per-example variation.")
+        mech = "The fit finds no coherent part in either group at these sizes, so the mechanism is not seen."
+    out["fit_text"], out["mechanism_text"] = fit, mech
+    out["verdict"] = ("reproduces" if (v["small_init"] and v["grows"]) else
+                      "reproduces only in part" if (v["small_init"] or v["grows"]) else "does not reproduce")
+    return {k: (val.item() if isinstance(val, np.generic) else val) for k, val in out.items()}
 
 
 def plot_ratio(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, caption: str = ""):

@@ -22,10 +22,10 @@ def test_split_parts_sum_to_the_full_gradient(tiny_run):
     model = run.load_model(2).double()
     data = data.to("cpu")
     data.mean, data.std = data.mean.double(), data.std.double()
-    idx = G.gradient_sample(data, 50, seed=1)
+    idx = G.gradient_sample(data, 36, seed=1)
     perm = data.permuted.numpy()[idx]
     assert 0 < perm.sum() < len(idx)
-    fn = G.model_grad_fn(model, data, batch_size=16)          # 4 chunks, the last one short
+    fn = G.model_grad_fn(model, data, batch_size=16)          # 3 chunks, the last one short
     split = G.gradient_split(fn, idx, perm)
 
     x = data.normalise(data.x_train[idx], dtype=torch.float64)
@@ -186,7 +186,36 @@ def test_epochs_are_cached_and_only_missing_ones_computed(tiny_run, monkeypatch)
         G.select_epochs(run, G.GradientSettings(epochs="0,99"))
 
     v = G.verdict(more, run.metrics, run.early_stop_epoch)
-    assert v["epoch_init"] == 0 and v["epoch_end"] == 2 and isinstance(v["reproduces"], bool)
+    assert v["epoch_init"] == 0 and v["epoch_end"] == 2
+    assert isinstance(v["small_init"], bool) and isinstance(v["grows"], bool)
+    assert v["small_init"] == (v["ratio_init"] < 0.5)
+
+
+def test_verdict_on_a_synthetic_history():
+    rows = [{"epoch": e, "layer": G.ALL, "ratio": r, "n": 100, "cosine": -0.1, "coherence_unpermuted": 0.02,
+             "coherence_permuted": 0.01} for e, r in [(0, 0.3), (2, 0.35), (4, 0.8), (6, 0.9), (8, 1.2)]]
+    metrics = pd.DataFrame({"epoch": range(9), "acc_unpermuted": np.linspace(0.1, 1, 9),
+                            "acc_permuted_train": [0.1, 0.1, 0.1, 0.1, 0.3, 0.5, 0.95, 0.99, 1.0]})
+    v = G.verdict(pd.DataFrame(rows), metrics, early_stop=2)
+    assert v["epochs_memorizing"] == [4, 6]                 # after early stop, 0.25 <= memorized < 0.99
+    assert v["ratio_memorizing"] == pytest.approx(0.85) and v["growth"] == pytest.approx(0.85 / 0.3)
+    assert v["small_init"] and v["grows"] and v["epoch_max"] == 8
+    full = pd.DataFrame([{"layer": G.ALL, "ratio": 0.7, "cosine": -0.2}])
+    v = G.verdict(pd.DataFrame(rows), metrics, early_stop=2, full_init=full)
+    assert not v["small_init"] and v["ratio_init_full"] == 0.7      # judged on the whole subset when given
+    assert not G.verdict(pd.DataFrame(rows), metrics, early_stop=8)["grows"]   # no memorization phase seen
+
+
+def test_summary_numbers_are_plain_values(tiny_run):
+    import dataclasses
+    run, data = tiny_run
+    s = G.GradientSettings(n_examples=30, epochs="0,3", sizes=(4, 8), repeats=2, batch_size=32)
+    table = G.gradients_over_epochs(run, s, data=data)
+    full = G.gradients_over_epochs(run, dataclasses.replace(s, n_examples=60), epochs=[0], data=data)
+    nums = G.summary_numbers(run, data, s, table, full, G.scaling_at_epoch(run, s, data=data))
+    assert nums["n_train"] == len(data.x_train) and nums["n_unperm_all"] + nums["n_perm_all"] == 60
+    assert nums["verdict"] in ("reproduces", "reproduces only in part", "does not reproduce")
+    assert all(isinstance(v, (int, float, str, bool)) for v in nums.values())
 
 
 def test_scaling_at_epoch_is_cached(tiny_run, monkeypatch):
