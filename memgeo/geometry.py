@@ -811,7 +811,7 @@ def solve_f_cvxopt(S, T, kappa: float = 0.0) -> SolveResult:
     return SolveResult(F, V, lam, kkt, np.full(n, 5, dtype=np.int8))
 
 
-def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every):
+def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every, Gh=None):
     """Accelerated projected gradient on the Jacobi-scaled dual for a padded group.
 
     Sh: (B, D1, M) unit-norm columns (padding columns zero); Tp: (B, n, D1); Tmask: (B, n) bool
@@ -823,8 +823,9 @@ def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every):
     n = Tp.shape[1]
     dev = Sh.device
     pad = d == 0
-    Gh = torch.bmm(Sh.transpose(1, 2), Sh)
-    Gh.diagonal(dim1=1, dim2=2).copy_(torch.where(pad, 1.0, Gh.diagonal(dim1=1, dim2=2)))
+    if Gh is None:
+        Gh = torch.bmm(Sh.transpose(1, 2), Sh)
+        Gh.diagonal(dim1=1, dim2=2).copy_(torch.where(pad, 1.0, Gh.diagonal(dim1=1, dim2=2)))
     kd = torch.where(pad, 0.0, kappa / torch.where(pad, 1.0, d))         # (B, M)
     bh = torch.bmm(Tp, Sh) - kd[:, None, :]
     bh = torch.where(pad[:, None, :], 1.0, bh)
@@ -985,15 +986,16 @@ def _pack(mask: torch.Tensor):
     return rows, order, valid
 
 
-def _lawson_hanson(Sh, Gh, h, valid, pad, max_steps=None):
+def _lawson_hanson(Sh, h, valid, pad, max_steps=None):
     """Batched Lawson-Hanson NNLS for the least-distance form of the per-T problem.
 
     For each (manifold b, slot i): u = argmin_{u >= 0} ||E u - f||, E = [S_hat_b; h_bi^T],
     f = e_last; then rho = 1 - h.u and mu = u / rho (Lawson & Hanson 1974, ch. 23). The passive
     set is kept as at most D1 + 1 slots (its columns stay linearly independent), so the cost per
-    step is that of a k x k solve with k <= D1 + 1, whatever M: this is the exact path for
-    degenerate problems (many points in few dimensions, duplicates). Sh: (B, D1, M), Gh:
-    (B, M, M) = Sh^T Sh, h: (B, n, M), valid: (B, n), pad: (B, M). Returns (mu, ok).
+    step is that of a k x k solve with k <= D1 + 1, and products go through S_hat (D1 x M), never
+    the M x M Gram matrix: this is the exact path for degenerate problems (many points in few
+    dimensions, duplicates). Sh: (B, D1, M), h: (B, n, M), valid: (B, n), pad: (B, M).
+    Returns (mu, ok).
     """
     B, D1, M = Sh.shape
     n = h.shape[1]
@@ -1007,14 +1009,14 @@ def _lawson_hanson(Sh, Gh, h, valid, pad, max_steps=None):
     done = ~valid.clone()
     fail = torch.zeros((B, n), dtype=torch.bool, device=dev)
     hscale = torch.clamp(h.abs().amax(-1), min=1.0)
-    eyek = torch.eye(k, dtype=_DTYPE, device=dev)
+    ShT = Sh.transpose(1, 2).contiguous()                                     # (B, M, D1)
     bidx = torch.arange(B, device=dev)[:, None, None]
     for _ in range(steps):
         if bool(done.all()):
             break
         add = ~inner & ~done
         if bool(add.any()):
-            w = -torch.bmm(z, Gh) + h * (1.0 - (h * z).sum(-1, keepdim=True))
+            w = -torch.bmm(torch.bmm(z, ShT), Sh) + h * (1.0 - (h * z).sum(-1, keepdim=True))
             # (unused slots point at column 0 with weight 0: accumulate, never overwrite)
             inP = torch.zeros((B, n, M), dtype=torch.int16, device=dev).scatter_add_(
                 2, idx, sm.to(torch.int16)) > 0
@@ -1036,8 +1038,8 @@ def _lawson_hanson(Sh, Gh, h, valid, pad, max_steps=None):
             break
         # least squares on the passive slots: (G_PP + h_P h_P^T) s = h_P
         hP = torch.gather(h, 2, idx)                                           # (B, n, k)
-        rowsG = Gh[bidx, idx]                                                  # (B, n, k, M)
-        GP = torch.gather(rowsG, 3, idx[:, :, None, :].expand(-1, -1, k, -1))  # (B, n, k, k)
+        SP = ShT[bidx, idx]                                                    # (B, n, k, D1)
+        GP = torch.matmul(SP, SP.transpose(-1, -2))                            # (B, n, k, k)
         smf = sm.to(_DTYPE)
         A = (GP + hP[..., :, None] * hP[..., None, :]) * smf[..., :, None] * smf[..., None, :]
         A = A + torch.diag_embed(1.0 - smf)
@@ -1169,9 +1171,6 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
         pad = d == 0
         Sh = Sp_t / torch.where(pad, 1.0, d)[:, None, :]
         kd = torch.where(pad, 0.0, kappa / torch.where(pad, 1.0, d))
-        Gh = torch.bmm(Sh.transpose(1, 2), Sh)
-        Gh.diagonal(dim1=1, dim2=2).copy_(torch.where(pad, 1.0, Gh.diagonal(dim1=1, dim2=2)))
-        ev = torch.linalg.eigvalsh(Gh)
         Mreal = torch.tensor([int(Ms[i]) for i in grp], device=dev)
         D1real = torch.tensor([S_list[i].shape[0] for i in grp], device=dev)
         # many points in few dimensions: projected gradient crawls, go to Lawson-Hanson directly
@@ -1182,12 +1181,17 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
         stage = torch.zeros((B, nmax), dtype=torch.int8, device=dev)
         if bool(run.any()):
             nd = torch.nonzero(~degenerate).flatten()
+            Gh = torch.bmm(Sh[nd].transpose(1, 2), Sh[nd])                 # M x M, M < 2 (D+1)
+            Gh.diagonal(dim1=1, dim2=2).copy_(
+                torch.where(pad[nd], 1.0, Gh.diagonal(dim1=1, dim2=2)))
             mu_nd, conv_nd = _fista_group(Sh[nd], Tp_t[nd], run[nd], d[nd], kappa, tol,
-                                          max_iter, check_every)
+                                          max_iter, check_every, Gh=Gh)
             mu[nd] = mu_nd
             stage[nd] = torch.where(conv_nd & run[nd], 1, 0).to(torch.int8)
             # stage 2: active-set polish of the unconverged, packed per manifold
             rows, order, valid = _pack(run & (stage == 0))
+            pos = torch.full((B,), -1, dtype=torch.long, device=dev)
+            pos[nd] = torch.arange(nd.numel(), device=dev)
             if rows.numel():
                 per = max(1, 6_000_000 // max(1, order.shape[1] * Mmax * Mmax))
                 for c0 in range(0, rows.numel(), per):
@@ -1196,7 +1200,7 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
                     bs = torch.bmm(Tg, Sh[r]) - kd[r][:, None, :]
                     bs = torch.where(pad[r][:, None, :], 1.0, bs)
                     x0 = mu[r].gather(1, o[..., None].expand(-1, -1, Mmax))
-                    xs, _ = _pdas(Gh[r], bs, x0, v, pad[r], (Tg * Tg).sum(-1), kd[r], tol)
+                    xs, _ = _pdas(Gh[pos[r]], bs, x0, v, pad[r], (Tg * Tg).sum(-1), kd[r], tol)
                     rr, oo = r[:, None].expand_as(o)[v], o[v]
                     mu[rr, oo] = xs[v]
                     stage[rr, oo] = 2
@@ -1205,7 +1209,8 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
         redo = Tm_t & ~(kkt <= tol)
         rows, order, valid = _pack(redo)
         if rows.numel():
-            per = max(1, 2_000_000 // max(1, order.shape[1] * Mmax * min(Mmax, D1max + 1)))
+            kk = min(Mmax, D1max + 1)
+            per = max(1, 4_000_000 // max(1, order.shape[1] * (4 * Mmax + kk * (D1max + 2 * kk))))
             for c0 in range(0, rows.numel(), per):
                 r = rows[c0:c0 + per]
                 o = order[c0:c0 + per]
@@ -1213,7 +1218,7 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
                 Tg = Tp_t[r].gather(1, o[..., None].expand(-1, -1, D1max))
                 h = kd[r][:, None, :] - torch.bmm(Tg, Sh[r])
                 h = torch.where(pad[r][:, None, :], -1.0, h)
-                mu_lh, ok = _lawson_hanson(Sh[r], Gh[r], h, v, pad[r])
+                mu_lh, ok = _lawson_hanson(Sh[r], h, v, pad[r])
                 rr = r[:, None].expand_as(o)[ok]
                 oo = o[ok]
                 mu[rr, oo] = mu_lh[ok]

@@ -146,6 +146,11 @@ def test_nested_polygons_below_disk(R):
     assert np.all(np.diff(means) > 0)
     assert means[-1] / Fd.mean() > 0.995
     assert (1 / means[-1]) >= 1 / Fd.mean()
+    # two-sided per T: the polygon contains its incircle (radius R cos(pi/m))
+    for m in (5, 64, 1024):
+        F = g.solve_f(_ring(m, R, phase=0.3), T).F
+        assert np.all(F <= Fd + 1e-9)
+        assert np.all(F >= g.f_ball(T, R * np.cos(np.pi / m)) - 1e-9)
 
 
 def _cloud(rng, M, D, R=1.0):
