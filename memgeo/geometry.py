@@ -83,7 +83,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -863,7 +863,8 @@ def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every, Gh=None):
         if it % check_every and it != max_iter:
             continue
         slack = torch.baddbmm(bh, x, Gh)
-        vn2 = Tn2w + torch.linalg.vecdot(x, bh + slack) + 2.0 * torch.linalg.vecdot(x, kdw.expand_as(x))
+        vn2 = (Tn2w + torch.linalg.vecdot(x, bh + slack)
+               + 2.0 * torch.linalg.vecdot(x, kdw.expand_as(x)))
         ell2 = torch.clamp(torch.maximum(torch.maximum(Tn2w, vn2), torch.full_like(vn2, k2)),
                            min=1e-300)
         prim = torch.clamp(-slack, min=0.0).amax(-1) / torch.sqrt(ell2)
@@ -943,7 +944,8 @@ def _pdas(Gh, bh, x0, valid, pad, Tn2, kd, tol, max_iter=20):
             sol[bad] = torch.linalg.pinv(GA[bad], hermitian=True) @ rhs[bad]
         x = torch.zeros_like(x).scatter_add_(2, idx, sol[..., 0] * smf)
         slack = torch.baddbmm(bw, x, Gw)
-        vn2 = T2 + torch.linalg.vecdot(x, bw + slack) + 2.0 * torch.linalg.vecdot(x, kdw.expand_as(x))
+        vn2 = (T2 + torch.linalg.vecdot(x, bw + slack)
+               + 2.0 * torch.linalg.vecdot(x, kdw.expand_as(x)))
         ell2 = torch.clamp(torch.maximum(T2, vn2), min=1e-300)
         ell = torch.sqrt(ell2)
         prim = torch.clamp(-slack.masked_fill(padw, 0.0), min=0.0).amax(-1) / ell
@@ -1057,7 +1059,8 @@ def _lawson_hanson(Sh, h, valid, pad, max_steps=None):
         ratio = torch.where(neg, zP / torch.clamp(zP - s, min=1e-300), torch.full_like(s, 2.0))
         alpha = torch.clamp(ratio.amin(-1), min=0.0, max=1.0)
         znew = torch.where(feas[..., None], s, zP + alpha[..., None] * (s - zP))
-        drop = ~feas[..., None] & sm & (znew <= 1e-14 * torch.clamp(zP.abs().amax(-1, keepdim=True), min=1e-300))
+        zscale = torch.clamp(zP.abs().amax(-1, keepdim=True), min=1e-300)
+        drop = ~feas[..., None] & sm & (znew <= 1e-14 * zscale)
         drop |= ~feas[..., None] & neg & (ratio <= alpha[..., None])
         znew = torch.where(drop, 0.0, znew) * smf
         sm = sm & ~(drop & act[..., None])
@@ -1249,10 +1252,11 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
                     Vi[wb], li[wb], ki[wb], st[wb] = cv.V[better], cv.lam[better], \
                         cv.kkt[better], 5
                     Wi[wb] = Vi[wb] - T_list[i][wb]
-                    if np.any(~(ki[worse] <= accept_tol)):
-                        warnings.warn(f"per-T problem {i}: {int(np.sum(~(ki[worse] <= accept_tol)))}"
-                                      f" T with KKT residual up to {np.nanmax(ki[worse]):.2e} > "
-                                      f"{accept_tol:g} after all fallbacks", RuntimeWarning)
+                    nbad = int(np.sum(~(ki[worse] <= accept_tol)))
+                    if nbad:
+                        warnings.warn(f"per-T problem {i}: {nbad} T with KKT residual up to "
+                                      f"{np.nanmax(ki[worse]):.2e} > {accept_tol:g} after all "
+                                      "fallbacks", RuntimeWarning)
             F = np.sum(Wi * Wi, axis=1)
             results[i] = SolveResult(F, Vi, li, ki, st)
     return results[0] if single else results

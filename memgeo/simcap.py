@@ -222,6 +222,10 @@ def simulated_capacity(manifolds, *, n_dichotomies: int = 24, seed: int = 0,
     n_hi, n_lo = interval(z)
     n1_hi, n1_lo = interval(1.0)
     cap = P / n_c if n_c > 0 else math.inf
-    inv = lambda v: (P / v) if (v > 0 and math.isfinite(v)) else (0.0 if v == math.inf else math.inf)
+    def inv(v):
+        if v > 0 and math.isfinite(v):
+            return P / v
+        return 0.0 if v == math.inf else math.inf
+
     err = 0.5 * abs(inv(n1_lo) - inv(n1_hi))
     return SimulatedCapacity(cap, inv(n_hi), inv(n_lo), err, n_c, ns, P, Y.shape[1], level)

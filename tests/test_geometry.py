@@ -38,7 +38,8 @@ def _ring(m, R, phase=0.0):
 # ------------------------------------------------------------------------------------------------
 # closed forms
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kappa,expected", [(0.0, 2.0), (0.5, 0.9612), (1.0, 0.5196), (2.0, 0.2002)])
+@pytest.mark.parametrize("kappa,expected",
+                         [(0.0, 2.0), (0.5, 0.9612), (1.0, 0.5196), (2.0, 0.2002)])
 def test_alpha_points_closed_form(kappa, expected):
     assert g.alpha_points(kappa) == pytest.approx(expected, abs=5e-5)
 
