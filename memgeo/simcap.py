@@ -222,6 +222,7 @@ def simulated_capacity(manifolds, *, n_dichotomies: int = 24, seed: int = 0,
     n_hi, n_lo = interval(z)
     n1_hi, n1_lo = interval(1.0)
     cap = P / n_c if n_c > 0 else math.inf
+
     def inv(v):
         if v > 0 and math.isfinite(v):
             return P / v
