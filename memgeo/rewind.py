@@ -48,7 +48,7 @@ BN_OPTIONS = ("rewind", "recompute")
 MODES = ("single", "cumulative")
 METRICS = ("acc_test", "acc_permuted_train", "acc_permuted_true", "acc_unpermuted")
 TABLE_COLUMNS = ["layer", "layer_index", "mode", "epoch", "bn", "final_epoch", "rewound", *METRICS]
-REWIND_VERSION = 1      # bump when the numbers a settings hash stands for change
+REWIND_VERSION = 2      # bump when the numbers a settings hash stands for change
 
 
 class RewindError(ValueError):
@@ -270,14 +270,21 @@ def _recompute(model: BlockNet, first: str, inputs: BlockInputs) -> tuple[list[s
     for layer in names[names.index(first):]:
         block = model.blocks[layer]
         for bn_name, bn in _batchnorms(model, {layer}):
-            acc = {"s": 0.0, "ss": 0.0, "n": 0}
+            acc = {"n": 0, "mean": 0.0, "m2": 0.0}
 
             def hook(mod, args):
-                x = args[0].detach().double()
+                # Per batch in the activations' precision, combined across batches in float64
+                # (Chan et al.'s pairwise update): stable and without a float64 copy of the batch.
+                x = args[0].detach().float()
                 dims = [d for d in range(x.dim()) if d != 1]
-                acc["s"] = acc["s"] + x.sum(dims)
-                acc["ss"] = acc["ss"] + (x * x).sum(dims)
-                acc["n"] += x.numel() // x.shape[1]
+                nb = x.numel() // x.shape[1]
+                var_b, mean_b = torch.var_mean(x, dims, correction=0)
+                var_b, mean_b = var_b.double(), mean_b.double()
+                n = acc["n"]
+                delta = mean_b - acc["mean"]
+                acc["mean"] = acc["mean"] + delta * (nb / (n + nb))
+                acc["m2"] = acc["m2"] + var_b * nb + delta * delta * (n * nb / (n + nb))
+                acc["n"] = n + nb
                 raise _Stop
 
             handle = bn.register_forward_pre_hook(hook)
@@ -291,8 +298,7 @@ def _recompute(model: BlockNet, first: str, inputs: BlockInputs) -> tuple[list[s
             finally:
                 handle.remove()
             n = acc["n"]
-            mean = acc["s"] / n
-            var = (acc["ss"] / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
+            mean, var = acc["mean"], acc["m2"] / max(n - 1, 1)
             bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
             bn.running_var.copy_(var.to(bn.running_var.dtype))
             done.append(bn_name)
