@@ -42,6 +42,11 @@ def describe(p: Preset, run=None, widths=None) -> str:
             f"eps={r.eps}, seed {r.seed}, {tail}")
 
 
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def build_book(preset: str, overrides: dict, keep_going: bool = False) -> int:
     """Train what is missing (with progress bars), then build the book; print where the HTML is."""
     from .sweep import train_sweep
@@ -56,7 +61,9 @@ def build_book(preset: str, overrides: dict, keep_going: bool = False) -> int:
     run = train(p.run)
     print(f"[memgeo]   {run.path}", flush=True)
     print(f"[memgeo] width sweep: {len(p.sweep.widths)} runs (reused if present)", flush=True)
-    train_sweep(p.sweep)
+    # Small models train faster as parallel single-thread processes on a multi-core CPU.
+    cpu = p.sweep.run.device == "cpu" or (p.sweep.run.device == "auto" and not _cuda())
+    train_sweep(p.sweep, workers=2 if cpu and (os.cpu_count() or 1) >= 2 else 1)
     print(f"[memgeo] executing notebooks and building the book ({time.time() - t0:.0f} s so far)", flush=True)
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
     cmd = [jb, "build", str(REPO_ROOT), "--path-output", str(REPO_ROOT), "-W", "-n"]

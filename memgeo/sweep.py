@@ -56,8 +56,17 @@ def train_sweep(sweep: SweepConfig, runs_dir=None, progress: bool = True, worker
             bar.close()
         return out
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers) as pool:
-        paths = list(pool.map(_train_one, [(c, runs_dir, threads) for c in cfgs]))
+    # Widest first, so the longest runs do not start last.
+    order = sorted(range(len(cfgs)), key=lambda i: -cfgs[i].width)
+    paths = [None] * len(cfgs)
+    import multiprocessing as mp
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_one, (cfgs[i], runs_dir, threads)): i for i in order}
+        from concurrent.futures import as_completed
+        from tqdm.auto import tqdm
+        for fut in tqdm(as_completed(futures), total=len(futures), desc=f"width sweep ({workers} processes)",
+                        unit="width", disable=not progress):
+            paths[futures[fut]] = fut.result()
     return [open_run(p) for p in paths]
 
 
