@@ -14,14 +14,16 @@ BatchNorm (``bn``):
   first rewound layer (their inputs changed) are set to the exact mean and (unbiased) variance of
   their input over the whole training subset (no augmentation), module by module in forward order,
   with the network in eval mode (each BatchNorm sees inputs normalised by the already recomputed
-  statistics before it). Holds one layer's training activations in memory at a time. BatchNorms before the first rewound layer see unchanged inputs and keep their
-  statistics; rewinding nothing therefore changes nothing in either mode.
+  statistics before it). BatchNorms before the first rewound layer see unchanged inputs and keep
+  their statistics; rewinding nothing therefore changes nothing in either mode. Holds one layer's
+  training activations in memory at a time.
 
 Evaluation is `train.evaluate`'s four accuracies (test; permuted examples against their training
 labels = memorization, and against their true labels; unpermuted examples). A sweep over
 (layer, mode, epoch) caches the final model's inputs to each block (within a memory budget), so a
 rewind of layer l only re-runs the blocks from l on; its predictions equal `train.evaluate` on the
-same rewound model (tested).
+same rewound model (tested). With ``budget_bytes=0`` every rewound model is built whole and
+evaluated by `train.evaluate` itself (the reference path).
 
 Results are a tidy table cached in ``runs/<hash>/rewind/<settings hash>.csv`` (atomic writes,
 resumed per epoch from a ``.partial.csv``).
@@ -32,7 +34,6 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -453,7 +454,7 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
         new = []
         seen: dict[tuple, dict] = {}
         if epoch == final_epoch:    # rewinding to the final epoch changes nothing: one evaluation
-            same = evaluate_from(final, names[0], inputs)
+            same = evaluate(final, data, batch_size)
             seen = {tuple(layers_for(final, l, m)): same for m in modes for l in layers}
         for mode in modes:
             for layer in layers:
@@ -462,6 +463,10 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
                     metrics = seen[tuple(rewound)]
                 elif recorded is not None and rewound == names and epoch in recorded.index:
                     metrics = {k: float(recorded.loc[epoch, k]) for k in METRICS}
+                    seen[tuple(rewound)] = metrics
+                elif budget_bytes == 0:         # reference path: the whole model, train.evaluate
+                    model = rewind_model(final, source, rewound, bn, data, batch_size)
+                    metrics = evaluate(model, data, batch_size)
                     seen[tuple(rewound)] = metrics
                 else:
                     model = rewind_model(final, source, rewound, "rewind")
@@ -677,7 +682,8 @@ def plot_at_epoch(table: pd.DataFrame, run: Run, epoch: int | None = None, axes=
             s = t[t["mode"] == mode].sort_values("layer_index")
             if len(s):
                 ax.plot(s["layer"], s[metric], style, label=mode if mode == "single" else "cumulative (layer→out)")
-        ax.axhline(float(m.loc[ref["final_epoch"], metric]), color="grey", ls=":", label=f"final (epoch {ref['final_epoch']})")
+        ax.axhline(float(m.loc[ref["final_epoch"], metric]), color="grey", ls=":",
+                   label=f"final (epoch {ref['final_epoch']})")
         ax.axhline(float(m.loc[epoch, metric]), color="tab:red", ls="-.", lw=1,
                    label=f"checkpoint {epoch}" + (" (peak test)" if epoch == ref["peak_epoch"] else ""))
         if metric == "acc_test" and epoch != ref["peak_epoch"]:

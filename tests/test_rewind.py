@@ -142,10 +142,20 @@ def test_table_equals_train_evaluate_and_is_cached(run, data, monkeypatch):
     pd.testing.assert_frame_equal(rw.rewind_table(run, epochs=[2, 0], data=data), table)
 
 
-def test_table_without_input_cache_is_identical(run, data):
-    a = rw.rewind_table(run, epochs=[1], data=data, cache=False)
-    b = rw.rewind_table(run, epochs=[1], data=data, cache=False, budget_bytes=0)
-    pd.testing.assert_frame_equal(a, b)
+@pytest.mark.parametrize("bn", rw.BN_OPTIONS)
+@pytest.mark.parametrize("budget", ["all", "deep"])
+def test_fast_path_equals_train_evaluate(run, data, bn, budget):
+    # budget_bytes=0: every rewound model is built whole and scored by train.evaluate.
+    reference = rw.rewind_table(run, epochs=[1], data=data, cache=False, bn=bn, batch_size=48, budget_bytes=0)
+    inputs = rw.BlockInputs(run.load_model(3), data, 48)
+    if budget == "all":
+        nbytes = None
+    else:   # room for the inputs of conv4 and logits only: the other layers start from conv4's
+        sizes = inputs._bytes_per_example()
+        nbytes = (sizes["conv4"] + sizes["logits"]) * (len(data.x_train) + len(data.x_test))
+        assert set(rw.BlockInputs(run.load_model(3), data, 48, nbytes).kept) == {"conv4", "logits"}
+    fast = rw.rewind_table(run, epochs=[1], data=data, cache=False, bn=bn, batch_size=48, budget_bytes=nbytes)
+    pd.testing.assert_frame_equal(fast, reference)
 
 
 def test_table_resumes_from_partial(run, data, monkeypatch):
