@@ -180,7 +180,7 @@ def test_epochs_are_cached_and_only_missing_ones_computed(tiny_run, monkeypatch)
     assert calls == [0, 2, 1] and sorted(more["epoch"].unique()) == [0, 1, 2]
     pd.testing.assert_frame_equal(more[more["epoch"] != 1].reset_index(drop=True), first)
     # batch size is not part of the key; the sample size is
-    assert G.GradientSettings(n_examples=40, batch_size=8).epochs_hash() == s.epochs_hash()
+    assert G.GradientSettings(n_examples=40, batch_size=8, num_threads=2).epochs_hash() == s.epochs_hash()
     assert G.GradientSettings(n_examples=41).epochs_hash() != s.epochs_hash()
     with pytest.raises(ConfigError, match="no checkpoint"):
         G.select_epochs(run, G.GradientSettings(epochs="0,99"))
