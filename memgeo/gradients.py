@@ -702,6 +702,28 @@ def summary_numbers(run: Run, data: LabelledData, settings: GradientSettings, ta
         "C": C, "floor_pred": 1 / (C - 1),
         "small": small, "growth_min": growth, "slope_tol": slope_tol,
     }
+    later = d[d["epoch"] > d["epoch"].min()].sort_values("epoch")
+    if len(later):
+        first = later.iloc[0]
+        out.update(epoch_first=int(first["epoch"]), coh_u_first=float(first["coherence_unpermuted"]),
+                   coh_p_first=float(first["coherence_permuted"]), cosine_first=float(first["cosine"]))
+    else:
+        out.update(epoch_first=-1, coh_u_first=float("nan"), coh_p_first=float("nan"), cosine_first=float("nan"))
+    mem = d[d["epoch"].isin(v["epochs_memorizing"])]
+    out["coh_u_mem"] = float(mem["coherence_unpermuted"].mean()) if len(mem) else float("nan")
+    out["coh_p_mem"] = float(mem["coherence_permuted"].mean()) if len(mem) else float("nan")
+    out["cosine_mem"] = float(mem["cosine"].mean()) if len(mem) else float("nan")
+    # Is the rise a clean switch? An early checkpoint may already be as high as the memorization phase.
+    caveat = ""
+    if len(pre) and v["epochs_memorizing"] and pre.max() >= 0.9 * v["ratio_memorizing"]:
+        e_hi = int(d.loc[pre.idxmax(), "epoch"])
+        acc_hi = float(run.metrics.set_index("epoch")["acc_permuted_train"].get(e_hi, float("nan")))
+        caveat = (f"The rise is not monotone, though: at epoch {e_hi}, before the early-stopping epoch and with "
+                  f"the permuted examples fitted to only {acc_hi:.2f} of their training labels, the ratio already "
+                  f"reached {pre.max():.2f}, close to its mean over the memorization phase. Averaged over the "
+                  f"checkpoints after initialization up to the early-stopping epoch it is {pre.mean():.2f}, "
+                  f"against {v['ratio_memorizing']:.2f} during memorization.")
+    out["caveat_text"] = caveat
     out["coh_u_side"] = "below" if out["coh_u_init"] < out["inv_n_u"] else "above"
     out["coh_p_side"] = "below" if out["coh_p_init"] < out["inv_n_p"] else "above"
     out["small_init_word"] = "is" if v["small_init"] else "is not"
