@@ -26,8 +26,9 @@ which runs the vmapped convolutions several times faster on the CPU than channel
 Everything is built on one primitive, `subset_gradient_sums`: given a function returning per-example
 gradients of a pool of examples and a membership matrix (subsets x pool), it accumulates, chunk by
 chunk, every subset's gradient sum and sum of squared per-example norms. The epoch analysis uses two
-subsets (the unpermuted and permuted examples of a fixed sample); the scaling test uses nested
-random subsets of growing size n of each group. Results are cached as tidy CSV tables in the run
+subsets (the unpermuted and permuted examples of a fixed sample, stratified by group and training
+label); the scaling test uses nested random subsets of growing size n of each group, balanced over
+the training labels. Results are cached as tidy CSV tables in the run
 folder, under ``gradients/``, and only what is missing is computed.
 """
 from __future__ import annotations
