@@ -19,7 +19,7 @@ from .config import ProbeConfig, RunConfig, SweepConfig
 from .train import Run, open_run, run_path, train
 
 INTERPOLATION_TOL = 0.01   # train error (vs training labels) that counts as fitting the noisy set
-PEAK_MIN_HEIGHT = 0.01     # test-error excess that counts as a peak
+PEAK_SIGMAS = 2.0          # a peak must exceed this many standard errors of a test-error difference
 
 
 def width_configs(sweep: SweepConfig) -> list[RunConfig]:
@@ -83,7 +83,8 @@ def sweep_table(runs: list[Run]) -> pd.DataFrame:
         n_params = sum(p.numel() for p in build_model(run.config, run.num_classes).parameters())
         rows.append({"width": run.config.width, "parameters": n_params, "train_error": 1 - train_acc,
                      "test_error": 1 - last["acc_test"], "best_test_error": 1 - m["acc_test"].max(),
-                     "memorized": last["acc_permuted_train"], "epochs": int(last["epoch"]), "run": run.path.name})
+                     "memorized": last["acc_permuted_train"], "epochs": int(last["epoch"]),
+                     "n_test": meta["n_test"], "run": run.path.name})
     return pd.DataFrame(rows).sort_values("width").reset_index(drop=True)
 
 
@@ -109,6 +110,12 @@ def peak_report(table: pd.DataFrame, threshold) -> dict:
     te = t["test_error"].to_numpy()
     local = [j for j in range(1, len(te) - 1) if te[j] > te[j - 1] and te[j] >= te[j + 1]]
     out["local_peaks"] = [int(t["width"].iloc[j]) for j in local]
+    # Standard error of the difference of two test errors near the peak (independent models,
+    # same test set: an upper bound), used to tell a peak from noise.
+    p = float(t["test_error"].iloc[i])
+    n_test = int(t["n_test"].iloc[0]) if "n_test" in t else 10_000
+    out["noise"] = float(np.sqrt(2 * p * (1 - p) / n_test))
+    out["min_height"] = PEAK_SIGMAS * out["noise"]
     if local:
         j = max(local, key=lambda k: te[k] - min(te[:k]))
         out["local_peak_width"] = int(t["width"].iloc[j])
@@ -136,10 +143,11 @@ def sweep_geometry(runs: list[Run], probe: ProbeConfig, layers_from_end: int = 2
     return pd.concat(frames, ignore_index=True)
 
 
-def double_descent_verdict(rep: dict, threshold, min_height: float = PEAK_MIN_HEIGHT) -> str:
-    """"reproduced": a local test-error peak at least `min_height` above the best narrower model
-    and above the widest model, within a factor 2 of the interpolation threshold; "partly": such
-    a peak elsewhere; "not reproduced": none."""
+def double_descent_verdict(rep: dict, threshold) -> str:
+    """"reproduced": a local test-error peak more than PEAK_SIGMAS standard errors (`min_height`)
+    above the best narrower model and above the widest model, within a factor 2 of the
+    interpolation threshold; "partly": such a peak elsewhere; "not reproduced": none."""
+    min_height = rep["min_height"]
     has_peak = (rep["local_peak_width"] is not None and rep["local_peak_height"] > min_height
                 and rep["local_peak_above_widest"] > min_height)
     if not has_peak:
