@@ -35,7 +35,7 @@ def test_sweep_resumes_without_retraining_finished_widths(cifar_root, tmp_path, 
     assert table["width"].tolist() == [1, 2, 4]
     assert table["parameters"].is_monotonic_increasing
     assert table[["train_error", "test_error"]].stack().between(0, 1).all()
-    geo = sweep_geometry(runs, ProbeConfig(P=3, M=4, n_t=20, proj_dim=100), progress=False)
+    geo = sweep_geometry(runs, ProbeConfig(P=3, M=2, n_t=20, proj_dim=100), progress=False)
     assert set(geo["position"]) == {"last", "last-1"} and set(geo["width"]) == {1, 2, 4}
     assert len(geo) == 3 * 2 * 4 and np.isfinite(geo["capacity"]).all()
 
