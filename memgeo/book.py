@@ -66,7 +66,9 @@ def build_book(preset: str, overrides: dict, keep_going: bool = False) -> int:
     train_sweep(p.sweep, workers=2 if cpu and (os.cpu_count() or 1) >= 2 else 1)
     print(f"[memgeo] executing notebooks and building the book ({time.time() - t0:.0f} s so far)", flush=True)
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
-    cmd = [jb, "build", str(REPO_ROOT), "--path-output", str(REPO_ROOT), "-W", "-n"]
+    # --all: Sphinx would skip pages whose source did not change, but their results depend on
+    # memgeo and on the runs; memgeo's own caches make re-executing every page cheap.
+    cmd = [jb, "build", str(REPO_ROOT), "--path-output", str(REPO_ROOT), "-W", "-n", "--all"]
     if keep_going:
         cmd.append("--keep-going")
     rc = subprocess.call(cmd, cwd=REPO_ROOT)
