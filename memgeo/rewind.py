@@ -42,7 +42,7 @@ from torch import nn
 
 from .data import LabelledData
 from .models import BlockNet
-from .train import (CheckpointError, Run, _autocast, atomic_write_text, evaluate,
+from .train import (CheckpointError, Run, _autocast, accuracies, atomic_write_text, evaluate,
                     resolve_device)
 
 BN_OPTIONS = ("rewind", "recompute")
@@ -342,17 +342,7 @@ def evaluate_from(model: BlockNet, layer: str, inputs: BlockInputs, train_output
                 out.append(_forward_from(model, layer, h).argmax(1))
         preds[split] = torch.cat(out).cpu()
     model.train(was)
-    data = inputs.data
-    pred, test = preds["train"], preds["test"]
-    perm = data.permuted.cpu()
-    true, train = data.true_label.cpu(), data.train_label.cpu()
-
-    def acc(mask, labels):
-        return float((pred[mask] == labels[mask]).float().mean()) if mask.any() else float("nan")
-
-    return {"acc_unpermuted": acc(~perm, true), "acc_permuted_train": acc(perm, train),
-            "acc_permuted_true": acc(perm, true),
-            "acc_test": float((test == data.y_test.cpu()).float().mean())}
+    return accuracies(inputs.data, preds["train"], preds["test"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,8 +102,12 @@ def predict(model: BlockNet, data: LabelledData, x: torch.Tensor, batch_size: in
 def evaluate(model: BlockNet, data: LabelledData, batch_size: int = 128) -> dict[str, float]:
     """Accuracies that track memorization: unpermuted examples; permuted examples against their
     training labels (memorization) and their true labels (restored); the held-out test set."""
-    pred = predict(model, data, data.x_train, batch_size).cpu()
-    test = predict(model, data, data.x_test, batch_size).cpu()
+    return accuracies(data, predict(model, data, data.x_train, batch_size), predict(model, data, data.x_test, batch_size))
+
+
+def accuracies(data: LabelledData, pred: torch.Tensor, test: torch.Tensor) -> dict[str, float]:
+    """The four accuracies of `evaluate` from predicted classes of the training and test sets."""
+    pred, test = pred.cpu(), test.cpu()
     perm = data.permuted.cpu()
     true, train = data.true_label.cpu(), data.train_label.cpu()
 
