@@ -81,8 +81,7 @@ class Probe:
 
     One projection per layer, fixed by (seed, layer) and reused for every epoch and type."""
 
-    def __init__(self, layer_names, proj_dim: int = 5000, seed: int = 0):
-        self.layer_names = list(layer_names)
+    def __init__(self, proj_dim: int = 5000, seed: int = 0):
         self.proj_dim = proj_dim
         self.seed = seed
         self._proj: dict[str, RandomProjection] = {}
@@ -165,7 +164,7 @@ def geometry_over_epochs(run: Run, probe: ProbeConfig, epochs=None, layers=None,
     summary_file, per_file = folder / "summary.csv", folder / "per_manifold.csv"
     summary = pd.read_csv(summary_file) if summary_file.exists() else pd.DataFrame()
     per = pd.read_csv(per_file) if per_file.exists() else pd.DataFrame()
-    pr = Probe([], probe.proj_dim, seed)
+    pr = Probe(probe.proj_dim, seed)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -231,10 +230,10 @@ def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("t
     df = pd.read_csv(cache) if cache.exists() else pd.DataFrame()
     data = run.load_data(device)
     mset = sample_manifolds(data, probe.P, probe.M, seed, TYPES)
-    pr = Probe([], probe.proj_dim, seed)
+    pr = Probe(probe.proj_dim, seed)
     jobs = []
+    names = json.loads((run.path / "config.json").read_text())["layers"] if layers is None else list(layers)
     for epoch in epochs:
-        names = run.load_model(epoch).layer_names if layers is None else list(layers)
         for layer in names:
             for kind in types:
                 done = len(df) and ((df["epoch"] == epoch) & (df["layer"] == layer) & (df["type"] == kind)).any()

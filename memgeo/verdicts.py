@@ -76,7 +76,6 @@ def first_learning(summary: pd.DataFrame, metrics: pd.DataFrame, early: int) -> 
     the capacity of test manifolds has risen from initialisation in every trained layer
     (reproduced: both; partly: one)."""
     m = metrics.set_index("epoch")
-    first, last = layer_groups(summary)
     layers = summary.sort_values("depth").drop_duplicates("layer")["layer"].tolist()
     trained = [l for l in layers if l != "input"]
     start = int(summary["epoch"].min())

@@ -42,7 +42,7 @@ def test_too_few_examples_says_how_many(data):
 def test_probe_layers_projection_and_eval_mode(data):
     model = build_model(RunConfig(width=8)).train()
     ms = sample_manifolds(data, P=3, M=4, seed=0)
-    pr = Probe([], proj_dim=300, seed=0)
+    pr = Probe(proj_dim=300, seed=0)
     feats = {l: pr.features(model, data, ms, "test", l) for l in model.layer_names}
     assert model.training                                    # mode restored after probing
     # Widths in layer order: input 3072, conv1 2048, conv2 1024, conv3 512 are projected to 300;
