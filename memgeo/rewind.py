@@ -42,7 +42,7 @@ from torch import nn
 
 from .data import LabelledData
 from .models import BlockNet
-from .train import (CheckpointError, Run, _autocast, accuracies, atomic_write_text, evaluate,
+from .train import (CheckpointError, Run, accuracies, autocast, atomic_write_text, evaluate,
                     resolve_device)
 
 BN_OPTIONS = ("rewind", "recompute")
@@ -205,7 +205,7 @@ class BlockInputs:
             self.kept = {name: {"train": [], "test": []} for name in chosen}
             for split in ("train", "test"):
                 for xb in self._images(split):
-                    with torch.no_grad(), _autocast(self.device):
+                    with torch.no_grad(), autocast(self.model):
                         h = xb
                         for name, block in model.blocks.items():
                             if name in chosen:
@@ -221,7 +221,7 @@ class BlockInputs:
     @torch.no_grad()
     def _bytes_per_example(self) -> dict[str, int]:
         out = {}
-        with _autocast(self.device):
+        with autocast(self.model):
             h = next(self._images("test"))[:1]
             for name, block in self.model.blocks.items():
                 out[name] = h.element_size() * h.numel()
@@ -238,7 +238,7 @@ class BlockInputs:
             start, src = 0, self._images(split)
         for h in src:
             if start < idx:
-                with torch.no_grad(), _autocast(self.device):
+                with torch.no_grad(), autocast(self.model):
                     for name in self.names[start:idx]:
                         h = self.model.blocks[name](h)
             yield h
@@ -292,7 +292,7 @@ def _recompute(model: BlockNet, first: str, inputs: BlockInputs) -> tuple[list[s
             try:
                 for h in hs:
                     try:
-                        with _autocast(device):
+                        with autocast(model):
                             block(h)
                     except _Stop:
                         pass
@@ -303,7 +303,7 @@ def _recompute(model: BlockNet, first: str, inputs: BlockInputs) -> tuple[list[s
             bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
             bn.running_var.copy_(var.to(bn.running_var.dtype))
             done.append(bn_name)
-        with _autocast(device):
+        with autocast(model):
             hs = [block(h) for h in hs]
     return done, hs
 
@@ -338,7 +338,7 @@ def evaluate_from(model: BlockNet, layer: str, inputs: BlockInputs, train_output
             continue
         out = []
         for h in inputs.batches(layer, split):
-            with _autocast(inputs.device):
+            with autocast(model):
                 out.append(_forward_from(model, layer, h).argmax(1))
         preds[split] = torch.cat(out).cpu()
     model.train(was)

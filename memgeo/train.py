@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def predict(model: BlockNet, data: LabelledData, x: torch.Tensor, batch_size: in
     dev = next(model.parameters()).device
     for i in range(0, len(x), batch_size):
         xb = data.normalise(x[i:i + batch_size].to(dev)).contiguous(memory_format=torch.channels_last)
-        with _autocast(dev):
+        with autocast(model):
             preds.append(model(xb).argmax(1))
     model.train(was_training)
     return torch.cat(preds)
@@ -119,9 +120,12 @@ def accuracies(data: LabelledData, pred: torch.Tensor, test: torch.Tensor) -> di
             "acc_test": float((test == data.y_test.cpu()).float().mean())}
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on a GPU; full precision on the CPU (determinism, and CPU bf16 is slow here).
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+def autocast(model: BlockNet):
+    """The numeric context a model runs in: bf16 autocast for `precision="bf16"` (on the CPU or a
+    GPU; deterministic on the CPU for a fixed thread count), plain float32 otherwise."""
+    dev = next(model.parameters()).device
+    bf16 = getattr(model, "precision", "fp32") == "bf16"
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +240,7 @@ def train_one_epoch(model, opt, data: LabelledData, cfg: RunConfig, epoch: int, 
             xb = augment(xb, g)
         xb = data.normalise(xb).contiguous(memory_format=torch.channels_last)
         yb = data.train_label[idx]
-        with _autocast(device):
+        with autocast(model):
             loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -254,6 +258,9 @@ def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
     """
     path = run_path(cfg, runs_dir)
     device = resolve_device(cfg.device)
+    if cfg.precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("precision='bf16' on a CPU without native bfloat16 support is slower than fp32: "
+                      "pass --set precision=fp32 (this changes the run, and so its folder)", RuntimeWarning)
     # Everything that can fail on bad input happens before the run folder exists.
     data = load_data(cfg, data_root, device)
     model = build_model(cfg, data.num_classes)

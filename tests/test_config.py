@@ -17,6 +17,7 @@ def test_hash_is_stable_and_ignores_device():
     (dict(checkpoints="0,99", epochs=5), "outside 0..5"), (dict(checkpoints="often"), "comma-separated"),
     (dict(dataset="cifar100", unverified_local_copy=True), "only to the offline CIFAR-10"),
     (dict(train_per_class=-1), ">= 0"), (dict(device="tpu"), "device"),
+    (dict(precision="fp16"), "unknown precision 'fp16'"),
 ])
 def test_bad_values_name_the_parameter(kw, msg):
     with pytest.raises(ConfigError, match=msg):
