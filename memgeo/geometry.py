@@ -375,23 +375,46 @@ def _mean_abs_corr(Y: np.ndarray) -> float:
 
 
 def _centers_basis(centers: np.ndarray):
-    """Coordinates (P x r) of the centers minus their mean in an orthonormal basis (N x r)."""
+    """Coordinates X (P x r) of the centers minus their mean in an orthonormal basis of their
+    span, and ``lift(V)``: the N x K orthonormal basis of the subspace that V (r x K, orthonormal
+    in those coordinates) spans in feature space. Returns (X, lift, Xb).
+
+    From the P x P Gram matrix G = Xb Xb^T = U diag(w) U^T: X = U sqrt(w) (no N-sized work)
+    when every eigenvalue is either well resolved (w > 1e-9 w_max) or checked to be a null
+    direction (||Xb^T u|| at rounding level); otherwise the basis is refined in feature space
+    (Householder QR of Xb^T U w^-1/2, cost P^2 N), which also resolves tiny directions.
+    """
     Xb = centers - centers.mean(axis=0, keepdims=True)
+    P, N = Xb.shape
     G = Xb @ Xb.T
     w, U = np.linalg.eigh(G)
     w, U = w[::-1], U[:, ::-1]
-    tol = max(w[0], 0.0) * 1e-20 * Xb.shape[0] if w.size else 0.0
+    empty = (np.zeros((P, 0)), lambda V: np.zeros((N, 0)), Xb)
+    if not w.size or not w[0] > 0:
+        return empty
+    resolved = w > w[0] * 1e-9
+    small = np.nonzero(~resolved)[0]
+    if small.size:
+        # accurate singular values of the unresolved directions (||Xb^T u||, cost N per one)
+        sv_small = np.linalg.norm(Xb.T @ U[:, small], axis=0)
+    if not small.size or np.all(sv_small <= np.sqrt(w[0]) * 1e-10):
+        B = U[:, resolved] / np.sqrt(w[resolved])                  # Q = Xb^T B
+        X = U[:, resolved] * np.sqrt(w[resolved])
+
+        def lift(V):
+            Qv, R = np.linalg.qr(Xb.T @ (B @ V))                     # N x K, re-orthonormalised
+            return Qv
+        return X, lift, Xb
+    tol = w[0] * 1e-20 * P
     keep = w > max(tol, 1e-300)
-    # refine with an SVD of the thin matrix for accuracy (P x N, cost P^2 N)
-    if keep.any():
-        Q = Xb.T @ (U[:, keep] / np.sqrt(w[keep]))          # N x r, orthonormal up to rounding
-        Q, _ = np.linalg.qr(Q)
-        X = Xb @ Q                                            # P x r
-        # drop numerically-null directions
-        sv = np.linalg.norm(X, axis=0)
-        k2 = sv > sv.max() * 1e-10
-        return X[:, k2], Q[:, k2], Xb
-    return np.zeros((Xb.shape[0], 0)), np.zeros((Xb.shape[1], 0)), Xb
+    Q = Xb.T @ (U[:, keep] / np.sqrt(w[keep]))              # N x r, orthonormal up to rounding
+    Q, _ = np.linalg.qr(Q)
+    X = Xb @ Q                                                # P x r
+    # drop numerically-null directions
+    sv = np.linalg.norm(X, axis=0)
+    k2 = sv > sv.max() * 1e-10
+    X, Q = X[:, k2], Q[:, k2]
+    return X, (lambda V: Q @ V), Xb
 
 
 def center_correlation(centers) -> float:
@@ -430,25 +453,98 @@ def _qr_retract(Y):
     return Q * s[..., None, :]
 
 
+_CANCEL_MAX = 1e6     # cancellation factor above which the low-rank cost is recomputed directly
+
+
+def _corr_cost_grad_lr(Vt, X, XT, G, GG, diag):
+    """:func:`_corr_cost_grad` without forming the (b, P, P) residual matrices C.
+
+    Bases are stored transposed: Vt (b, K, r) holds V^T. With A = X V and G = X X^T:
+    (C o C) w = (G o G) w - 2 rowsum(A o G (w o A)) + rowsum(A M_w o A), M_w = A^T diag(w) A
+    (K x K), and C (w o A) = G (w o A) - A M_w, so an evaluation is three BLAS-3 products of
+    O(b K P^2) plus O(b K P) work. ``XT`` = X^T (contiguous), ``GG`` = G o G. Returns cost (b,),
+    the transposed gradient (b, K, r) and the cancellation factor max_p [(G o G) w]_p /
+    [(C o C) w]_p (b,): the relative rounding error of cost and gradient is about that times
+    machine epsilon (inf when (C o C) w has lost all digits).
+    """
+    b, K, r = Vt.shape
+    P = X.shape[0]
+    At = (Vt.reshape(b * K, r) @ XT).reshape(b, K, P)     # A^T
+    c0 = diag - np.einsum("bkp,bkp->bp", At, At)
+    bad = np.any(c0 <= 0, axis=1)
+    w = 1.0 / np.where(c0 > 0, c0, 1.0)
+    wA = At * w[:, None, :]
+    H = (wA.reshape(b * K, P) @ G).reshape(b, K, P)       # (G (w o A))^T
+    AM = np.matmul(np.matmul(At, wA.transpose(0, 2, 1)), At)   # (A M_w)^T, M_w symmetric
+    GGw = w @ GG                                          # (G o G) w
+    C2w = GGw - np.einsum("bkp,bkp->bp", At, 2.0 * H - AM)
+    cost = 0.5 * np.vecdot(w, C2w)
+    cost[bad] = np.inf
+    H -= AM                                               # (C (w o A))^T
+    dA = 2.0 * ((w * w * C2w)[:, None, :] * At - w[:, None, :] * H)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        canc = np.max(GGw / np.where(C2w > 0, C2w, 0.0), axis=1)
+    canc[bad] = 1.0
+    return cost, (dA.reshape(b * K, P) @ X).reshape(b, K, r), canc
+
+
+def _retract_t(Yt, steplen):
+    """Orthonormalise the rows of Yt = V^T - t xi^T (b, K, r) (V orthonormal, xi tangent with
+    V^T xi = 0; ``steplen`` = t ||xi||, (b,)): the Q factor with positive R diagonal, i.e. the
+    QR retraction. Y^T Y = I + t^2 xi^T xi has condition number <= 1 + steplen^2, so Cholesky
+    QR (L^-1 Y^T, L L^T = Y^T Y) is accurate; a second pass for long steps, Householder for
+    very long ones. K = 1: normalisation."""
+    if Yt.shape[1] == 1:
+        return Yt / np.sqrt(np.einsum("bkr,bkr->b", Yt, Yt))[:, None, None]
+    smax = float(np.max(steplen)) if steplen.size else 0.0
+    if smax <= 1e3:
+        Q = Yt
+        try:
+            for _ in range(1 if smax <= 1.0 else 2):
+                L = np.linalg.cholesky(np.matmul(Q, Q.transpose(0, 2, 1)))
+                Q = np.matmul(np.linalg.inv(L), Q)
+            return Q
+        except np.linalg.LinAlgError:
+            pass
+    return _qr_retract(Yt.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+
 def _stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6):
     """Minimise the squared residual-correlation cost over orthonormal V, for a stack of starts.
 
     Riemannian gradient descent (embedded metric, QR retraction) with alternating
     Barzilai-Borwein steps and a non-monotone (Zhang-Hager) Armijo line search, vectorised over
-    the starts. V0: (b, r, K). Returns (V (b, r, K), cost (b,)).
+    the starts. V0: (b, r, K), orthonormal. Returns (V (b, r, K), cost (b,)).
+    Cost and gradient come from :func:`_corr_cost_grad_lr` (from :func:`_corr_cost_grad` when
+    its cancellation factor exceeds 1e6). Internally the bases are stored transposed (b, K, r)
+    so that the products with X are single matrix products over all starts.
     """
-    XXt = X @ X.T
-    diag = np.diag(XXt).copy()
-    V = np.array(V0, dtype=np.float64, copy=True)
-    b = V.shape[0]
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    XT = np.ascontiguousarray(X.T)
+    G = X @ XT
+    GG = G * G
+    diag = np.diag(G).copy()
+    Vt = np.ascontiguousarray(np.asarray(V0, dtype=np.float64).transpose(0, 2, 1))
+    b = Vt.shape[0]
 
-    def rgrad(V, G):
-        VtG = np.matmul(V.transpose(0, 2, 1), G)
-        return G - np.matmul(V, 0.5 * (VtG + VtG.transpose(0, 2, 1)))
+    def cost_grad(Vx):
+        f, Gr, canc = _corr_cost_grad_lr(Vx, X, XT, G, GG, diag)
+        if not np.max(canc) <= _CANCEL_MAX:
+            f, Gr = _corr_cost_grad(Vx.transpose(0, 2, 1), X, G, diag)
+            Gr = Gr.transpose(0, 2, 1)
+        return f, Gr
 
-    f, G = _corr_cost_grad(V, X, XXt, diag)
-    rg = rgrad(V, G)
-    gn = np.sqrt(np.einsum("brk,brk->b", rg, rg))
+    def rgrad(Vx, Gr):                                  # G - V sym(V^T G), transposed
+        VtG = np.matmul(Gr, Vx.transpose(0, 2, 1))
+        return Gr - np.matmul(0.5 * (VtG + VtG.transpose(0, 2, 1)), Vx)
+
+    def sqnorm(Z):
+        z = Z.reshape(Z.shape[0], -1)
+        return np.vecdot(z, z)
+
+    f, G0 = cost_grad(Vt)
+    rg = rgrad(Vt, G0)
+    gn = np.sqrt(sqnorm(rg))
     step = 1.0 / np.maximum(gn, 1e-12)
     Cref, Qk, eta = f.copy(), np.ones(b), 0.85
     active = np.isfinite(f)
@@ -457,41 +553,43 @@ def _stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6):
         idx = np.nonzero(active)[0]
         if idx.size == 0:
             break
-        pend, t = idx, step[idx].copy()
-        acc_idx, acc_t, acc_V, acc_f, acc_G = [], [], [], [], []
+        pend, t = idx, step[idx]
+        parts = []
         for _ in range(40):
-            Vn = _qr_retract(V[pend] - t[:, None, None] * rg[pend])
-            fn, Gn = _corr_cost_grad(Vn, X, XXt, diag)
+            Vn = _retract_t(Vt[pend] - t[:, None, None] * rg[pend], t * gn[pend])
+            fn, Gn = cost_grad(Vn)
             ok = np.isfinite(fn) & (fn <= Cref[pend] - 1e-4 * t * gn[pend] ** 2)
+            if ok.all():
+                parts.append((pend, t, Vn, fn, Gn))
+                pend = pend[:0]
+                break
             if ok.any():
-                acc_idx.append(pend[ok]); acc_t.append(t[ok]); acc_V.append(Vn[ok])
-                acc_f.append(fn[ok]); acc_G.append(Gn[ok])
+                parts.append((pend[ok], t[ok], Vn[ok], fn[ok], Gn[ok]))
             pend, t = pend[~ok], t[~ok] * 0.3
             if pend.size == 0:
                 break
         active[pend] = False                                # line search failed: stop there
-        if not acc_idx:
+        if not parts:
             break
-        ai = np.concatenate(acc_idx)
-        ta = np.concatenate(acc_t)
-        Vn = np.concatenate(acc_V)
-        fn = np.concatenate(acc_f)
-        Gn = np.concatenate(acc_G)
+        if len(parts) == 1:
+            ai, ta, Vn, fn, Gn = parts[0]
+        else:
+            ai, ta, Vn, fn, Gn = (np.concatenate(z) for z in zip(*parts))
         rgn = rgrad(Vn, Gn)
-        Sd = Vn - V[ai]
-        Yd = rgn - rg[ai]
-        ss = np.einsum("brk,brk->b", Sd, Sd)
-        sy = np.abs(np.einsum("brk,brk->b", Sd, Yd))
-        yy = np.einsum("brk,brk->b", Yd, Yd)
-        bb = (ss / np.where(sy > 0, sy, 1.0)) if it % 2 == 0 else (sy / np.maximum(yy, 1e-300))
-        st = np.where(sy > 0, bb, 2.0 * ta)
-        step[ai] = np.clip(st, 1e-10, 1e10)
+        Sd = (Vn - Vt[ai]).reshape(ai.size, -1)
+        Yd = (rgn - rg[ai]).reshape(ai.size, -1)
+        sy = np.abs(np.vecdot(Sd, Yd))
+        if it % 2 == 0:
+            bb = np.vecdot(Sd, Sd) / np.where(sy > 0, sy, 1.0)
+        else:
+            bb = sy / np.maximum(np.vecdot(Yd, Yd), 1e-300)
+        step[ai] = np.clip(np.where(sy > 0, bb, 2.0 * ta), 1e-10, 1e10)
         Qn = eta * Qk[ai] + 1.0
         Cref[ai] = (eta * Qk[ai] * Cref[ai] + fn) / Qn
         Qk[ai] = Qn
-        V[ai], f[ai], rg[ai] = Vn, fn, rgn
-        gn[ai] = np.sqrt(np.einsum("brk,brk->b", rgn, rgn))
-    return V, f
+        Vt[ai], f[ai], rg[ai] = Vn, fn, rgn
+        gn[ai] = np.sqrt(sqnorm(rgn))
+    return np.ascontiguousarray(Vt.transpose(0, 2, 1)), f
 
 
 def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
@@ -514,7 +612,7 @@ def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
     P = centers.shape[0]
     if P < 2:
         raise ValueError("need at least 2 centers")
-    X, Q, Xb = _centers_basis(centers)
+    X, lift, Xb = _centers_basis(centers)
     rho = _mean_abs_corr(X) if X.shape[1] else _mean_abs_corr(Xb)
     r = X.shape[1]
     sv2 = np.sum(X * X, axis=0)
@@ -558,7 +656,7 @@ def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
             return CenterSubspace(rho, 0, np.zeros((centers.shape[1], 0)), rho, tuple(res))
     best_i = cand[int(np.argmin([res[i] for i in cand]))]
     K = best_i + 1
-    basis = Q @ Vs[best_i]
+    basis = lift(Vs[best_i])
     return CenterSubspace(rho, K, basis, float(res[best_i]), tuple(float(v) for v in res))
 
 

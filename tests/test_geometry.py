@@ -358,6 +358,45 @@ def test_stiefel_gradient():
     assert (fp - fm)[0] / (2 * h) == pytest.approx(np.sum(G * E), rel=1e-6)
 
 
+def test_low_rank_cost_equals_direct_formula():
+    # the centre search evaluates cost and gradient without forming C = XX^T - (XV)(XV)^T
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((30, 29)) + 2.0 * rng.standard_normal((30, 1))   # correlated centers
+    XXt = X @ X.T
+    for K in (1, 3):
+        V = g._qr_retract(rng.standard_normal((4, 29, K)))
+        f0, G0 = g._corr_cost_grad(V, X, XXt, np.diag(XXt).copy())
+        f1, G1, canc = g._corr_cost_grad_lr(np.ascontiguousarray(V.transpose(0, 2, 1)), X,
+                                            np.ascontiguousarray(X.T), XXt, XXt * XXt,
+                                            np.diag(XXt).copy())
+        np.testing.assert_allclose(f1, f0, rtol=1e-12)
+        np.testing.assert_allclose(G1.transpose(0, 2, 1), G0, rtol=1e-10, atol=1e-12 * abs(G0).max())
+        assert np.all((canc >= 1.0) & (canc < 1e6))
+    # Cholesky-QR retraction = Householder QR with positive R diagonal
+    Vt = np.ascontiguousarray(V.transpose(0, 2, 1))
+    xi = rng.standard_normal(Vt.shape)
+    xi -= np.matmul(np.matmul(xi, V), Vt)                                     # tangent: xi V = 0
+    for t in (0.1, 10.0, 1e5):
+        Y = Vt - t * xi
+        np.testing.assert_allclose(g._retract_t(Y, t * np.sqrt((xi ** 2).sum((1, 2)))),
+                                   g._qr_retract(Y.transpose(0, 2, 1)).transpose(0, 2, 1),
+                                   atol=1e-12)
+
+
+def test_centers_basis_fast_and_refined_paths():
+    rng = np.random.default_rng(3)
+    for scales in ([1.0] * 8, [1.0] * 6 + [1e-6, 1e-7]):   # the second needs the refined path
+        C = (rng.standard_normal((9, 8)) * scales) @ np.linalg.qr(rng.standard_normal((50, 8)))[0].T
+        X, lift, Xb = g._centers_basis(C)
+        assert X.shape == (9, 8)
+        np.testing.assert_allclose(X @ X.T, Xb @ Xb.T, atol=1e-12)
+        V = g._qr_retract(rng.standard_normal((1, 8, 3)))[0]
+        B = lift(V)
+        np.testing.assert_allclose(B.T @ B, np.eye(3), atol=1e-12)
+        A = Xb @ B                                   # = X V up to a rotation of the columns
+        np.testing.assert_allclose(A @ A.T, (X @ V) @ (X @ V).T, atol=1e-10)
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input
 # ------------------------------------------------------------------------------------------------
