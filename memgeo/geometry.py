@@ -1000,6 +1000,97 @@ def _fista_group(Sh, Tp, Tmask, d, kappa, tol, max_iter, check_every, Gh=None):
     return out, conv
 
 
+def _fista_mixed_chunk(G, bh, x, T2, kdw, negL, beta_c, valid, tol, k2, rounds):
+    """Stage 1 on the CPU for a chunk of manifolds: float32 iterations, float64 refinement.
+
+    Each round computes the float64 gradient r = bh + x G (which is also the slack of the
+    constraints), checks the KKT conditions in float64 (primal -r <= tol l, complementarity
+    x |r| <= tol l^2; x >= 0 and stationarity hold by construction), and runs ``rounds[i]``
+    accelerated projected-gradient iterations in float32 on the correction d of x:
+    min 1/2 d^T G d + r^T d s.t. d >= -x. Each round gains about seven digits (float32 has
+    eight) until the check passes, as in mixed-precision iterative refinement. x (b, n, M) is
+    updated in place; returns the (b, n) mask of verified T (invalid slots count as verified).
+    """
+    conv = ~valid
+    slack = np.empty_like(x)
+    shp = x.shape
+    G32 = G.astype(np.float32)
+    r32, lo = np.empty(shp, np.float32), np.empty(shp, np.float32)
+    d, y, dn, g = (np.empty(shp, np.float32) for _ in range(4))
+    for rnd in range(len(rounds) + 1):
+        np.matmul(x, G, out=slack)
+        slack += bh
+        if rnd > 0:
+            vn2 = T2 + np.vecdot(x, bh + slack)
+            if kdw is not None:
+                vn2 += 2.0 * np.vecdot(x, np.broadcast_to(kdw, shp))
+            ell2 = np.maximum(np.maximum(T2, vn2), max(k2, 1e-300))
+            z = x * slack
+            comp = np.maximum(np.max(z, axis=-1), -np.min(z, axis=-1))
+            conv |= (-np.min(slack, axis=-1) <= tol * np.sqrt(ell2)) & (comp <= tol * ell2)
+        if rnd == len(rounds) or conv.all():
+            break
+        r32[...] = slack
+        np.negative(x, out=lo)
+        d.fill(0.0)
+        y.fill(0.0)
+        t = np.ones(shp[:2], np.float32)
+        for _ in range(rounds[rnd]):
+            np.matmul(y, G32, out=g)
+            g += r32
+            np.multiply(g, negL, out=dn)
+            dn += y
+            np.maximum(dn, lo, out=dn)
+            np.subtract(dn, d, out=y)                       # the step
+            rs = np.vecdot(g, y) > 0                        # gradient restart
+            tn = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+            beta = np.minimum((t - 1.0) / tn, beta_c)
+            beta[rs] = 0.0
+            tn[rs] = 1.0
+            y *= beta[..., None]
+            y += dn
+            d, dn, t = dn, d, tn
+        d[conv] = 0.0                                       # verified T keep their x
+        x += d
+        np.maximum(x, 0.0, out=x)
+    return conv
+
+
+def _fista_cpu(Gh, Sh, Tp, run, kd, pad, kappa, tol, max_iter, check_every):
+    """Stage 1 on the CPU (numpy): the problem of :func:`_fista_group` (Jacobi-scaled dual,
+    momentum capped by the condition number, gradient restart), iterated in float32 with
+    float64 refinement and float64 KKT checks every ``check_every`` iterations
+    (:func:`_fista_mixed_chunk`), in chunks of manifolds that stay in the CPU cache.
+    Gh: (B, M, M) float64 with unit diagonal on padding. Returns mu (B, n, M) float64 and the
+    (B, n) mask of T that passed the check."""
+    B, D1, M = Sh.shape
+    n = Tp.shape[1]
+    bh = np.matmul(Tp, Sh)
+    if kappa != 0.0:
+        bh -= kd[:, None, :]
+    bh[np.broadcast_to(pad[:, None, :], bh.shape)] = 1.0
+    ev = np.linalg.eigvalsh(Gh)
+    L = ev[:, -1] * (1.0 + 1e-5)                  # margin for the float32 products
+    q = np.clip(ev[:, 0] / L, 0.0, 1.0)
+    beta_c = ((1.0 - np.sqrt(q)) / (1.0 + np.sqrt(q))).astype(np.float32)[:, None]
+    negL = (-1.0 / L).astype(np.float32)[:, None, None]
+    Tn2 = np.einsum("bnd,bnd->bn", Tp, Tp)
+    x = np.maximum(-bh, 0.0)
+    conv = np.ones((B, n), dtype=bool)
+    ce = max(1, int(check_every))
+    rounds = [ce] * (max(0, int(max_iter)) // ce)
+    if max_iter % ce:
+        rounds.append(max_iter % ce)
+    kdn = kd[:, None, :] if kappa != 0.0 else None
+    per = max(1, 200_000 // max(1, n * M))           # ~1 MB of float32 per working array
+    for c0 in range(0, B, per):
+        sl = slice(c0, c0 + per)
+        conv[sl] = _fista_mixed_chunk(Gh[sl], bh[sl], x[sl], Tn2[sl],
+                                      None if kdn is None else kdn[sl], negL[sl], beta_c[sl],
+                                      run[sl], tol, kappa * kappa, rounds)
+    return x, conv
+
+
 def _pdas(Gh, bh, x0, valid, pad, Tn2, kd, tol, max_iter=20):
     """Primal-dual active set (semismooth Newton) polish, in the packed (manifold, slot) layout.
 
@@ -1175,6 +1266,21 @@ def _lawson_hanson(Sh, h, valid, pad, max_steps=None):
 def _verify(Sh, Tp, mu, kd, pad, kappa):
     """Explicit relative KKT residual (B, n) and S_hat mu (B, n, D1): V = T + S_hat mu, slacks
     S_hat^T V - kappa/d (stationarity holds by construction)."""
+    if Sh.device.type == "cpu":                   # same computation in numpy (faster on CPU)
+        Shn, Tn, mun, kdn, padn = (a.numpy() for a in (Sh, Tp, mu, kd, pad))
+        W = np.matmul(mun, Shn.transpose(0, 2, 1))
+        V = Tn + W
+        g = np.matmul(V, Shn)
+        if kappa != 0.0:
+            g -= kdn[:, None, :]
+        g[np.broadcast_to(padn[:, None, :], g.shape)] = 1.0
+        ell = np.maximum(np.sqrt(np.maximum(np.vecdot(Tn, Tn), np.vecdot(V, V))),
+                         max(abs(kappa), 1e-300))
+        prim = np.maximum(-np.min(g, axis=-1), 0.0) / ell
+        dual = np.maximum(-np.min(mun, axis=-1), 0.0) / ell
+        z = mun * g
+        comp = np.maximum(np.max(z, axis=-1), -np.min(z, axis=-1)) / (ell * ell)
+        return torch.from_numpy(np.maximum(np.maximum(prim, dual), comp)), torch.from_numpy(W)
     W = torch.bmm(mu, Sh.transpose(1, 2))
     V = Tp + W
     g = torch.bmm(V, Sh) - kd[:, None, :]
@@ -1265,13 +1371,22 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
             Sp[b, : s.shape[0], : s.shape[1]] = s
             Tp[b, : t.shape[0], : t.shape[1]] = t
             Tmask[b, : t.shape[0]] = True
-        Sp_t = torch.from_numpy(Sp).to(dev)
-        Tp_t = torch.from_numpy(Tp).to(dev)
-        Tm_t = torch.from_numpy(Tmask).to(dev)
-        d = torch.linalg.norm(Sp_t, dim=1)                                # (B, M), 0 on padding
-        pad = d == 0
-        Sh = Sp_t / torch.where(pad, 1.0, d)[:, None, :]
-        kd = torch.where(pad, 0.0, kappa / torch.where(pad, 1.0, d))
+        cpu = dev.type == "cpu"
+        if cpu:                                   # numpy arrays shared with the torch tensors
+            d_np = np.sqrt(np.einsum("bdm,bdm->bm", Sp, Sp))
+            pad_np = d_np == 0
+            Sh_np = Sp / np.where(pad_np, 1.0, d_np)[:, None, :]
+            kd_np = np.where(pad_np, 0.0, kappa / np.where(pad_np, 1.0, d_np))
+            Sp_t, Tp_t, Tm_t = torch.from_numpy(Sp), torch.from_numpy(Tp), torch.from_numpy(Tmask)
+            d, pad, Sh, kd = (torch.from_numpy(a) for a in (d_np, pad_np, Sh_np, kd_np))
+        else:
+            Sp_t = torch.from_numpy(Sp).to(dev)
+            Tp_t = torch.from_numpy(Tp).to(dev)
+            Tm_t = torch.from_numpy(Tmask).to(dev)
+            d = torch.linalg.norm(Sp_t, dim=1)                            # (B, M), 0 on padding
+            pad = d == 0
+            Sh = Sp_t / torch.where(pad, 1.0, d)[:, None, :]
+            kd = torch.where(pad, 0.0, kappa / torch.where(pad, 1.0, d))
         Mreal = torch.tensor([int(Ms[i]) for i in grp], device=dev)
         D1real = torch.tensor([S_list[i].shape[0] for i in grp], device=dev)
         # many points in few dimensions: projected gradient crawls, go to Lawson-Hanson directly
@@ -1282,11 +1397,22 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
         stage = torch.zeros((B, nmax), dtype=torch.int8, device=dev)
         if bool(run.any()):
             nd = torch.nonzero(~degenerate).flatten()
-            Gh = torch.bmm(Sh[nd].transpose(1, 2), Sh[nd])                 # M x M, M < 2 (D+1)
-            Gh.diagonal(dim1=1, dim2=2).copy_(
-                torch.where(pad[nd], 1.0, Gh.diagonal(dim1=1, dim2=2)))
-            mu_nd, conv_nd = _fista_group(Sh[nd], Tp_t[nd], run[nd], d[nd], kappa, tol,
-                                          max_iter, check_every, Gh=Gh)
+            if cpu:
+                ndn = nd.numpy()
+                Shn = Sh_np[ndn]
+                Gh_np = np.matmul(Shn.transpose(0, 2, 1), Shn)              # M x M, M < 2 (D+1)
+                Gh_np[:, np.arange(Mmax), np.arange(Mmax)] = np.where(
+                    pad_np[ndn], 1.0, Gh_np[:, np.arange(Mmax), np.arange(Mmax)])
+                mu_np, conv_np = _fista_cpu(Gh_np, Shn, Tp[ndn], Tmask[ndn] & run[nd].numpy(),
+                                            kd_np[ndn], pad_np[ndn], kappa, tol, max_iter,
+                                            check_every)
+                Gh, mu_nd, conv_nd = (torch.from_numpy(a) for a in (Gh_np, mu_np, conv_np))
+            else:
+                Gh = torch.bmm(Sh[nd].transpose(1, 2), Sh[nd])             # M x M, M < 2 (D+1)
+                Gh.diagonal(dim1=1, dim2=2).copy_(
+                    torch.where(pad[nd], 1.0, Gh.diagonal(dim1=1, dim2=2)))
+                mu_nd, conv_nd = _fista_group(Sh[nd], Tp_t[nd], run[nd], d[nd], kappa, tol,
+                                              max_iter, check_every, Gh=Gh)
             mu[nd] = mu_nd
             stage[nd] = torch.where(conv_nd & run[nd], 1, 0).to(torch.int8)
             # stage 2: active-set polish of the unconverged, packed per manifold

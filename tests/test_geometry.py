@@ -199,6 +199,23 @@ def test_solver_stages_and_kkt():
     assert g.kkt_residual(S, T, V, lam * 1.01, 0.3).max() > 1e-4
 
 
+@pytest.mark.parametrize("kappa", [0.0, 0.7])
+def test_mixed_precision_stage_is_verified(kappa):
+    # the CPU iterative stage runs in float32 with float64 refinement; its T must still pass
+    # the float64 KKT check (tol 1e-12) and agree with cvxopt, padding included
+    rng = np.random.default_rng(5)
+    ms = [rng.standard_normal((M, 500)) for M in (20, 15, 18, 20)]   # near-simplices: stage 1
+    S_list = list(g.preprocess(ms, center_removal=False).S)
+    T_list = [rng.standard_normal((80, s.shape[0])) for s in S_list]
+    fast = g.solve_f(S_list, T_list, kappa)
+    for s, t, r in zip(S_list, T_list, fast):
+        assert np.all(r.stage == 1)
+        assert r.kkt.max() <= 1e-12
+        np.testing.assert_allclose(r.kkt, g.kkt_residual(s, t, r.V, r.lam, kappa), atol=1e-13)
+        o = g.solve_f_cvxopt(s, t, kappa)
+        np.testing.assert_allclose(r.F, o.F, atol=1e-8, rtol=1e-8)
+
+
 # ------------------------------------------------------------------------------------------------
 # full analysis
 # ------------------------------------------------------------------------------------------------
