@@ -456,36 +456,46 @@ def _qr_retract(Y):
 _CANCEL_MAX = 1e6     # cancellation factor above which the low-rank cost is recomputed directly
 
 
-def _corr_cost_grad_lr(Vt, X, XT, G, GG, diag):
+def _corr_cost_grad_lr(Vt, X, XT, G, GG, diag, X2=None):
     """:func:`_corr_cost_grad` without forming the (b, P, P) residual matrices C.
 
     Bases are stored transposed: Vt (b, K, r) holds V^T. With A = X V and G = X X^T:
     (C o C) w = (G o G) w - 2 rowsum(A o G (w o A)) + rowsum(A M_w o A), M_w = A^T diag(w) A
     (K x K), and C (w o A) = G (w o A) - A M_w, so an evaluation is three BLAS-3 products of
-    O(b K P^2) plus O(b K P) work. ``XT`` = X^T (contiguous), ``GG`` = G o G. Returns cost (b,),
-    the transposed gradient (b, K, r) and the cancellation factor max_p [(G o G) w]_p /
-    [(C o C) w]_p (b,): the relative rounding error of cost and gradient is about that times
+    O(b K P^2) plus O(b K P) work. ``XT`` = X^T (contiguous), ``GG`` = G o G, ``X2`` = 2 X
+    (optional). Returns cost (b,), the transposed gradient (b, K, r) and a cancellation factor
+    max_p [(G o G) w]_p / min_p [(C o C) w]_p (b,), an upper bound of the largest ratio of a
+    term to its result: the relative rounding error of cost and gradient is about that times
     machine epsilon (inf when (C o C) w has lost all digits).
     """
     b, K, r = Vt.shape
     P = X.shape[0]
     At = (Vt.reshape(b * K, r) @ XT).reshape(b, K, P)     # A^T
     c0 = diag - np.einsum("bkp,bkp->bp", At, At)
-    bad = np.any(c0 <= 0, axis=1)
-    w = 1.0 / np.where(c0 > 0, c0, 1.0)
+    bad = np.min(c0, axis=1) <= 0
+    if bad.any():
+        c0[bad] = 1.0
+    w = 1.0 / c0
     wA = At * w[:, None, :]
     H = (wA.reshape(b * K, P) @ G).reshape(b, K, P)       # (G (w o A))^T
     AM = np.matmul(np.matmul(At, wA.transpose(0, 2, 1)), At)   # (A M_w)^T, M_w symmetric
     GGw = w @ GG                                          # (G o G) w
-    C2w = GGw - np.einsum("bkp,bkp->bp", At, 2.0 * H - AM)
+    H2 = H + H
+    H2 -= AM
+    C2w = GGw - np.einsum("bkp,bkp->bp", At, H2)
     cost = 0.5 * np.vecdot(w, C2w)
-    cost[bad] = np.inf
+    cmin = np.min(C2w, axis=1)
+    canc = np.where(cmin > 0, np.max(GGw, axis=1) / np.where(cmin > 0, cmin, 1.0), np.inf)
+    if bad.any():
+        cost[bad] = np.inf
+        canc[bad] = 1.0
     H -= AM                                               # (C (w o A))^T
-    dA = 2.0 * ((w * w * C2w)[:, None, :] * At - w[:, None, :] * H)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        canc = np.max(GGw / np.where(C2w > 0, C2w, 0.0), axis=1)
-    canc[bad] = 1.0
-    return cost, (dA.reshape(b * K, P) @ X).reshape(b, K, r), canc
+    H *= w[:, None, :]
+    dA = (w * w * C2w)[:, None, :] * At
+    dA -= H
+    if X2 is None:
+        X2 = 2.0 * X
+    return cost, (dA.reshape(b * K, P) @ X2).reshape(b, K, r), canc
 
 
 def _retract_t(Yt, steplen):
@@ -514,21 +524,26 @@ def _stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6):
 
     Riemannian gradient descent (embedded metric, QR retraction) with alternating
     Barzilai-Borwein steps and a non-monotone (Zhang-Hager) Armijo line search, vectorised over
-    the starts. V0: (b, r, K), orthonormal. Returns (V (b, r, K), cost (b,)).
+    the starts; a start stops when its Riemannian gradient norm is below ``gtol`` (or its line
+    search fails). V0: (b, r, K), orthonormal. Returns (V (b, r, K), cost (b,)).
+
     Cost and gradient come from :func:`_corr_cost_grad_lr` (from :func:`_corr_cost_grad` when
-    its cancellation factor exceeds 1e6). Internally the bases are stored transposed (b, K, r)
-    so that the products with X are single matrix products over all starts.
+    its cancellation factor exceeds 1e6). Bases are stored transposed (b, K, r) so that the
+    products with X are single matrix products over all starts, and only the running starts
+    are kept (no indexing in the common path).
     """
     X = np.ascontiguousarray(X, dtype=np.float64)
     XT = np.ascontiguousarray(X.T)
+    X2 = 2.0 * X
     G = X @ XT
     GG = G * G
     diag = np.diag(G).copy()
-    Vt = np.ascontiguousarray(np.asarray(V0, dtype=np.float64).transpose(0, 2, 1))
-    b = Vt.shape[0]
+    Vt = np.array(np.asarray(V0, dtype=np.float64).transpose(0, 2, 1), order="C")
+    b, K, r = Vt.shape
+    out_V, out_f = Vt.copy(), np.full(b, np.inf)
 
     def cost_grad(Vx):
-        f, Gr, canc = _corr_cost_grad_lr(Vx, X, XT, G, GG, diag)
+        f, Gr, canc = _corr_cost_grad_lr(Vx, X, XT, G, GG, diag, X2)
         if not np.max(canc) <= _CANCEL_MAX:
             f, Gr = _corr_cost_grad(Vx.transpose(0, 2, 1), X, G, diag)
             Gr = Gr.transpose(0, 2, 1)
@@ -545,51 +560,70 @@ def _stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6):
     f, G0 = cost_grad(Vt)
     rg = rgrad(Vt, G0)
     gn = np.sqrt(sqnorm(rg))
-    step = 1.0 / np.maximum(gn, 1e-12)
-    Cref, Qk, eta = f.copy(), np.ones(b), 0.85
-    active = np.isfinite(f)
+    st = {"ids": np.arange(b), "Vt": Vt, "f": f, "rg": rg, "gn": gn,
+          "step": 1.0 / np.maximum(gn, 1e-12), "Cref": f.copy(), "Qk": np.ones(b)}
+    eta = 0.85
+
+    def retire(mask):                                   # starts leaving the iteration
+        out_V[st["ids"][mask]] = st["Vt"][mask]
+        out_f[st["ids"][mask]] = st["f"][mask]
+        keep = ~mask
+        for k in st:
+            st[k] = st[k][keep]
+
+    done = ~np.isfinite(f) | (gn < gtol)
+    if done.any():
+        retire(done)
     for it in range(max_iter):
-        active &= gn >= gtol
-        idx = np.nonzero(active)[0]
-        if idx.size == 0:
+        if st["ids"].size == 0:
             break
-        pend, t = idx, step[idx]
-        parts = []
-        for _ in range(40):
-            Vn = _retract_t(Vt[pend] - t[:, None, None] * rg[pend], t * gn[pend])
-            fn, Gn = cost_grad(Vn)
-            ok = np.isfinite(fn) & (fn <= Cref[pend] - 1e-4 * t * gn[pend] ** 2)
-            if ok.all():
-                parts.append((pend, t, Vn, fn, Gn))
-                pend = pend[:0]
+        Vt, rg, gn, Cref = st["Vt"], st["rg"], st["gn"], st["Cref"]
+        t = st["step"].copy()
+        Vn = _retract_t(Vt - t[:, None, None] * rg, t * gn)
+        fn, Gn = cost_grad(Vn)
+        ok = np.isfinite(fn) & (fn <= Cref - 1e-4 * t * gn * gn)
+        if not ok.all():                                # backtracking (t <- 0.3 t, 40 tries)
+            pend = np.nonzero(~ok)[0]
+            for _ in range(39):
+                t[pend] *= 0.3
+                tp = t[pend]
+                Vp = _retract_t(Vt[pend] - tp[:, None, None] * rg[pend], tp * gn[pend])
+                fp, Gp = cost_grad(Vp)
+                okp = np.isfinite(fp) & (fp <= Cref[pend] - 1e-4 * tp * gn[pend] ** 2)
+                sel = pend[okp]
+                Vn[sel], fn[sel], Gn[sel] = Vp[okp], fp[okp], Gp[okp]
+                ok[sel] = True
+                pend = pend[~okp]
+                if pend.size == 0:
+                    break
+            if not ok.any():
                 break
-            if ok.any():
-                parts.append((pend[ok], t[ok], Vn[ok], fn[ok], Gn[ok]))
-            pend, t = pend[~ok], t[~ok] * 0.3
-            if pend.size == 0:
-                break
-        active[pend] = False                                # line search failed: stop there
-        if not parts:
-            break
-        if len(parts) == 1:
-            ai, ta, Vn, fn, Gn = parts[0]
-        else:
-            ai, ta, Vn, fn, Gn = (np.concatenate(z) for z in zip(*parts))
+            if not ok.all():                            # line search failed: stop there
+                retire(~ok)
+                Vt, rg, gn, Cref = st["Vt"], st["rg"], st["gn"], st["Cref"]
+                Vn, fn, Gn, t = Vn[ok], fn[ok], Gn[ok], t[ok]
         rgn = rgrad(Vn, Gn)
-        Sd = (Vn - Vt[ai]).reshape(ai.size, -1)
-        Yd = (rgn - rg[ai]).reshape(ai.size, -1)
+        nb = Vn.shape[0]
+        Sd = (Vn - Vt).reshape(nb, -1)
+        Yd = (rgn - rg).reshape(nb, -1)
         sy = np.abs(np.vecdot(Sd, Yd))
         if it % 2 == 0:
             bb = np.vecdot(Sd, Sd) / np.where(sy > 0, sy, 1.0)
         else:
             bb = sy / np.maximum(np.vecdot(Yd, Yd), 1e-300)
-        step[ai] = np.clip(np.where(sy > 0, bb, 2.0 * ta), 1e-10, 1e10)
-        Qn = eta * Qk[ai] + 1.0
-        Cref[ai] = (eta * Qk[ai] * Cref[ai] + fn) / Qn
-        Qk[ai] = Qn
-        Vt[ai], f[ai], rg[ai] = Vn, fn, rgn
-        gn[ai] = np.sqrt(sqnorm(rgn))
-    return np.ascontiguousarray(Vt.transpose(0, 2, 1)), f
+        st["step"] = np.clip(np.where(sy > 0, bb, 2.0 * t), 1e-10, 1e10)
+        Qk = st["Qk"]
+        Qn = eta * Qk + 1.0
+        st["Cref"] = (eta * Qk * Cref + fn) / Qn
+        st["Qk"] = Qn
+        st["Vt"], st["f"], st["rg"] = Vn, fn, rgn
+        gn = st["gn"] = np.sqrt(sqnorm(rgn))
+        done = gn < gtol
+        if done.any():
+            retire(done)
+    if st["ids"].size:
+        retire(np.ones(st["ids"].size, dtype=bool))
+    return np.ascontiguousarray(out_V.transpose(0, 2, 1)), out_f
 
 
 def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
@@ -1489,6 +1523,41 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
 # --------------------------------------------------------------------------------------------
 # Anchors and per-manifold statistics
 # --------------------------------------------------------------------------------------------
+def _statistics_stack(S, T, V, kappa, estimator):
+    """:func:`manifold_statistics` for a stack of B manifolds of equal shapes: S (B, D+1, M),
+    T and V (B, n, D+1). Returns a list of B dicts."""
+    B, D1, M = S.shape
+    D = D1 - 1
+    W = V - T
+    F = np.sum(W * W, axis=-1)
+    ts = np.matmul(T, S)
+    jmin = np.argmin(ts, axis=-1)
+    interior = ((np.take_along_axis(ts, jmin[..., None], axis=-1)[..., 0] >= kappa)
+                | (np.sqrt(F) < _INTERIOR_EPS))
+    last = W[..., -1]
+    safe_last = np.where(interior | (last == 0), 1.0, last)
+    pts = np.take_along_axis(S.transpose(0, 2, 1), jmin[..., None], axis=1)
+    anchors = np.where(interior[..., None], pts, W / safe_last[..., None])
+    F = np.where(interior, 0.0, F)
+    mF = np.mean(F, axis=-1)
+    sD = anchors[..., :D]
+    tD = T[..., :D]
+    s_norm = np.sqrt(np.sum(sD * sD, axis=-1) + 1e-12)
+    s_hat = sD / s_norm[..., None]
+    if estimator == "public":
+        ds = sD - sD.mean(axis=1, keepdims=True)
+        radius = np.sqrt(np.mean(np.sum(ds * ds, axis=-1), axis=-1))
+        t_norm = np.linalg.norm(tD, axis=-1)
+        t_hat = tD / np.where(t_norm > 0, t_norm, 1.0)[..., None]
+        dimension = D * np.mean(np.sum(t_hat * s_hat, axis=-1), axis=-1) ** 2
+    else:
+        radius = np.sqrt(np.mean(np.sum(sD * sD, axis=-1), axis=-1))
+        dimension = np.mean(np.sum(tD * s_hat, axis=-1) ** 2, axis=-1)
+    return [{"capacity": (1.0 / float(mF[b])) if mF[b] > 0 else float("inf"),
+             "radius": float(radius[b]), "dimension": float(dimension[b]), "F": F[b],
+             "anchors": anchors[b], "interior": interior[b]} for b in range(B)]
+
+
 def manifold_statistics(S, T, V, kappa: float = 0.0, estimator: str = "public") -> dict:
     """Capacity, radius and dimension of one manifold from its per-T solutions.
 
@@ -1501,33 +1570,7 @@ def manifold_statistics(S, T, V, kappa: float = 0.0, estimator: str = "public") 
     S = np.asarray(S, np.float64)
     T = np.atleast_2d(np.asarray(T, np.float64))
     V = np.atleast_2d(np.asarray(V, np.float64))
-    D = S.shape[0] - 1
-    W = V - T
-    F = np.sum(W * W, axis=1)
-    ts = T @ S
-    jmin = np.argmin(ts, axis=1)
-    interior = (ts[np.arange(T.shape[0]), jmin] >= kappa) | (np.sqrt(F) < _INTERIOR_EPS)
-    last = W[:, -1]
-    safe_last = np.where(interior | (last == 0), 1.0, last)
-    anchors = np.where(interior[:, None], S[:, jmin].T, W / safe_last[:, None])
-    F = np.where(interior, 0.0, F)
-    mF = float(np.mean(F))
-    capacity = 1.0 / mF if mF > 0 else float("inf")
-    sD = anchors[:, :D]
-    tD = T[:, :D]
-    s_norm = np.sqrt(np.sum(sD * sD, axis=1) + 1e-12)
-    s_hat = sD / s_norm[:, None]
-    if estimator == "public":
-        ds = sD - sD.mean(axis=0, keepdims=True)
-        radius = float(np.sqrt(np.mean(np.sum(ds * ds, axis=1))))
-        t_norm = np.linalg.norm(tD, axis=1)
-        t_hat = tD / np.where(t_norm > 0, t_norm, 1.0)[:, None]
-        dimension = float(D * np.mean(np.sum(t_hat * s_hat, axis=1)) ** 2)
-    else:
-        radius = float(np.sqrt(np.mean(np.sum(sD * sD, axis=1))))
-        dimension = float(np.mean(np.sum(tD * s_hat, axis=1) ** 2))
-    return {"capacity": capacity, "radius": radius, "dimension": dimension, "F": F,
-            "anchors": anchors, "interior": interior}
+    return _statistics_stack(S[None], T[None], V[None], kappa, estimator)[0]
 
 
 def capacity_from_points(S, *, kappa: float = 0.0, T=None, n_t: int = 200, seed: int = 0,
@@ -1566,8 +1609,20 @@ def capacity_from_points(S, *, kappa: float = 0.0, T=None, n_t: int = 200, seed:
     else:
         sols = [solve_f_cvxopt(s, t, kappa) for s, t in zip(S_list, T_list)]
     caps, rads, dims, per_t = [], [], [], []
-    for s, t, sol in zip(S_list, T_list, sols):
-        st = manifold_statistics(s, t, sol.V, kappa, estimator)
+    stats = [None] * len(S_list)
+    shapes = {}
+    for i, (s, t) in enumerate(zip(S_list, T_list)):         # batch manifolds of equal shapes
+        shapes.setdefault((s.shape, t.shape), []).append(i)
+    for (s_shape, t_shape), idx in shapes.items():
+        per = max(1, 100_000 // max(1, t_shape[0] * max(s_shape)))     # cache-sized chunks
+        for c0 in range(0, len(idx), per):
+            ii = idx[c0:c0 + per]
+            for i, st in zip(ii, _statistics_stack(np.stack([S_list[i] for i in ii]),
+                                                   np.stack([T_list[i] for i in ii]),
+                                                   np.stack([sols[i].V for i in ii]),
+                                                   kappa, estimator)):
+                stats[i] = st
+    for t, sol, st in zip(T_list, sols, stats):
         caps.append(st["capacity"])
         rads.append(st["radius"])
         dims.append(st["dimension"])
