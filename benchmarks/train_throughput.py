@@ -8,7 +8,8 @@ ToTensor/Normalize (and RandomCrop/RandomHorizontalFlip with --augment) transfor
 memory format. Also prints memgeo's loop in fp32, to separate what the data path gives from
 what bf16 gives. Prints images/s and the ratio memgeo / baseline last.
 
-    python benchmarks/train_throughput.py [--n 5000] [--epochs 2] [--augment] [--device cpu|cuda]
+    python benchmarks/train_throughput.py [--preset cpu] [--width W] [--n 5000] [--epochs 2] [--augment]
+                                          [--device cpu|cuda]
 """
 import argparse
 import time
@@ -21,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from memgeo.config import RunConfig
+from memgeo.config import preset
 from memgeo.data import load_data
 from memgeo.models import build_model
 from memgeo.train import make_optimizer, train_one_epoch
@@ -54,22 +55,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000, help="training images (balanced over classes)")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--model", default="smallcnn")
+    ap.add_argument("--preset", default="cpu", help="model, width, optimizer, batch size and precision "
+                    "come from this preset's main run unless given below")
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--model", default=None)
     ap.add_argument("--augment", action="store_true")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for the baseline")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="memgeo's precision")
+    ap.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="memgeo's precision")
     ap.add_argument("--unverified-local-copy", action="store_true", default=True)
     args = ap.parse_args()
     device = torch.device(args.device)
-    cfg = RunConfig(unverified_local_copy=args.unverified_local_copy, train_per_class=args.n // 10,
-                    test_per_class=10, model=args.model, width=args.width, augment=args.augment,
-                    device=args.device, precision=args.precision)
+    given = {k: v for k, v in (("model", args.model), ("width", args.width), ("precision", args.precision))
+             if v is not None}
+    cfg = replace(preset(args.preset).run, unverified_local_copy=args.unverified_local_copy,
+                  train_per_class=args.n // 10, test_per_class=10, augment=args.augment, device=args.device,
+                  **given)
     data = load_data(cfg, device="cpu")
     n = len(data.x_train)
-    print(f"{args.model} width {args.width}, {n} images, batch {cfg.batch_size}, augment={args.augment}, "
-          f"device {device}, torch threads {torch.get_num_threads()}, memgeo precision {cfg.precision}")
+    print(f"{cfg.model} width {cfg.width}, {n} images, batch {cfg.batch_size}, {cfg.optimizer}, "
+          f"augment={cfg.augment}, device {device}, torch threads {torch.get_num_threads()}, "
+          f"memgeo precision {cfg.precision}")
 
     def memgeo_loop(cfg):
         data_dev = data.to(device)
