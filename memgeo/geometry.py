@@ -512,7 +512,7 @@ def _retract_t(Yt, steplen):
         try:
             for _ in range(1 if smax <= 1.0 else 2):
                 L = np.linalg.cholesky(np.matmul(Q, Q.transpose(0, 2, 1)))
-                Q = np.matmul(np.linalg.inv(L), Q)
+                Q = np.linalg.solve(L, Q)
             return Q
         except np.linalg.LinAlgError:
             pass
@@ -611,7 +611,7 @@ def _stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6):
             bb = np.vecdot(Sd, Sd) / np.where(sy > 0, sy, 1.0)
         else:
             bb = sy / np.maximum(np.vecdot(Yd, Yd), 1e-300)
-        st["step"] = np.clip(np.where(sy > 0, bb, 2.0 * t), 1e-10, 1e10)
+        st["step"] = np.minimum(np.maximum(np.where(sy > 0, bb, 2.0 * t), 1e-10), 1e10)
         Qk = st["Qk"]
         Qn = eta * Qk + 1.0
         st["Cref"] = (eta * Qk * Cref + fn) / Qn
@@ -792,10 +792,16 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
                 "center_removal=False")
     coords, keeps, D_list = [None] * P, [None] * P, []
     grams = {}
+    buf = np.empty((int(Ms.max()), N))                # centered points, reused (stays in cache)
     for i, Xi in enumerate(ms):
         X = _as_numpy(Xi)
         M = X.shape[0]
-        Xc = X - centers[i][None, :] if inv_sc == 1.0 else X * inv_sc - centers[i][None, :]
+        Xc = buf[:M]
+        if inv_sc == 1.0:
+            np.subtract(X, centers[i][None, :], out=Xc)
+        else:
+            np.multiply(X, inv_sc, out=Xc)
+            Xc -= centers[i][None, :]
         gram_raw = Xc @ Xc.T
         if not np.isfinite(gram_raw).all():
             raise ValueError(f"manifold {i}: feature values too large (squared norms overflow); "
@@ -807,7 +813,7 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
             gram = gram_raw
             if cs.K > 0:
                 A = Xc @ Vb
-                gram = gram - A @ A.T
+                gram -= A @ A.T
             grams.setdefault(M, []).append((i, (0.5 / cnorm[i] ** 2) * (gram + gram.T)))
         else:
             Z = Xc - (Xc @ Vb) @ Vb.T if cs.K > 0 else Xc
@@ -1300,21 +1306,29 @@ def _lawson_hanson(Sh, h, valid, pad, max_steps=None):
 def _verify(Sh, Tp, mu, kd, pad, kappa):
     """Explicit relative KKT residual (B, n) and S_hat mu (B, n, D1): V = T + S_hat mu, slacks
     S_hat^T V - kappa/d (stationarity holds by construction)."""
-    if Sh.device.type == "cpu":                   # same computation in numpy (faster on CPU)
+    if Sh.device.type == "cpu":       # same computation in numpy, in cache-sized chunks
         Shn, Tn, mun, kdn, padn = (a.numpy() for a in (Sh, Tp, mu, kd, pad))
-        W = np.matmul(mun, Shn.transpose(0, 2, 1))
-        V = Tn + W
-        g = np.matmul(V, Shn)
-        if kappa != 0.0:
-            g -= kdn[:, None, :]
-        g[np.broadcast_to(padn[:, None, :], g.shape)] = 1.0
-        ell = np.maximum(np.sqrt(np.maximum(np.vecdot(Tn, Tn), np.vecdot(V, V))),
-                         max(abs(kappa), 1e-300))
-        prim = np.maximum(-np.min(g, axis=-1), 0.0) / ell
-        dual = np.maximum(-np.min(mun, axis=-1), 0.0) / ell
-        z = mun * g
-        comp = np.maximum(np.max(z, axis=-1), -np.min(z, axis=-1)) / (ell * ell)
-        return torch.from_numpy(np.maximum(np.maximum(prim, dual), comp)), torch.from_numpy(W)
+        B, n, M = mun.shape
+        W = np.empty(Tn.shape)
+        kkt = np.empty((B, n))
+        per = max(1, 100_000 // max(1, n * max(M, Tn.shape[2])))
+        for c0 in range(0, B, per):
+            sl = slice(c0, c0 + per)
+            Wc, muc = W[sl], mun[sl]
+            np.matmul(muc, Shn[sl].transpose(0, 2, 1), out=Wc)
+            V = Tn[sl] + Wc
+            g = np.matmul(V, Shn[sl])
+            if kappa != 0.0:
+                g -= kdn[sl, None, :]
+            g[np.broadcast_to(padn[sl, None, :], g.shape)] = 1.0
+            ell = np.maximum(np.sqrt(np.maximum(np.vecdot(Tn[sl], Tn[sl]), np.vecdot(V, V))),
+                             max(abs(kappa), 1e-300))
+            prim = np.maximum(-np.min(g, axis=-1), 0.0) / ell
+            dual = np.maximum(-np.min(muc, axis=-1), 0.0) / ell
+            g *= muc
+            comp = np.maximum(np.max(g, axis=-1), -np.min(g, axis=-1)) / (ell * ell)
+            kkt[sl] = np.maximum(np.maximum(prim, dual), comp)
+        return torch.from_numpy(kkt), torch.from_numpy(W)
     W = torch.bmm(mu, Sh.transpose(1, 2))
     V = Tp + W
     g = torch.bmm(V, Sh) - kd[:, None, :]
