@@ -15,8 +15,10 @@ Input: P manifolds, manifold i an (M_i, N) array (samples x features).
        cost(V) = 1/2 sum_{m,n} C_mn^2 / (C_mm C_nn),   C = X X^T - (X V)(X V)^T
 
    (Riemannian gradient descent on the Stiefel manifold, QR retraction, Barzilai-Borwein steps,
-   non-monotone Armijo line search; ``n_restarts`` random starts per K, the start whose
-   residual centers keep the most of their norm is kept, as in the public code). The K with the
+   non-monotone Armijo line search, stopping at Riemannian gradient norm 1e-6; cost and
+   gradient from the P x P Gram matrix and X V without forming C; ``n_restarts`` random starts
+   per K, the start whose residual centers keep the most of their norm is kept, as in the
+   public code). The K with the
    lowest mean |residual correlation| is kept; the search stops when that value has risen three
    times in a row. Every manifold is then projected onto the orthogonal complement of span(V).
 3. Per manifold: subtract its own center c, divide by ||c||, write the points in an orthonormal
@@ -42,10 +44,11 @@ Input: P manifolds, manifold i an (M_i, N) array (samples x features).
 
    Aggregates: capacity ``1 / mean_i(1/alpha_i)``; radius and dimension arithmetic means.
 
-The per-T problem is solved for all T and all manifolds at once in torch (float64, CPU or
+The per-T problem is solved for all T and all manifolds at once (numpy on the CPU, torch on
 CUDA), in stages (see :func:`solve_f`): (1) accelerated projected gradient on the Jacobi-scaled
-dual (momentum capped by the condition number, gradient restart), converged T leaving the
-batch; (2) for T it has not settled within a few dozen iterations (ill-conditioned point sets),
+dual (momentum capped by the condition number, gradient restart); on the CPU its iterations run
+in float32 with float64 refinement (each round restarts from the float64 gradient, as in
+mixed-precision iterative refinement) and float64 KKT checks; (2) for T it has not settled within a few dozen iterations (ill-conditioned point sets),
 a primal-dual active-set polish that solves the equality-constrained problem on the support
 exactly (Cholesky of the support block); (3) batched Lawson-Hanson NNLS on the least-distance
 form (exact for every kappa, robust to duplicates and rank deficiency; used directly for point
@@ -1368,7 +1371,9 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
     Returns a :class:`SolveResult` (or a list).
 
     Stages: (1) accelerated projected gradient on the Jacobi-scaled dual, all T of all
-    manifolds at once, for manifolds whose Gram matrix G = S~^T S~ is non-singular; (2) for the
+    manifolds at once, for manifolds whose Gram matrix G = S~^T S~ is non-singular (on the CPU
+    in float32 with float64 refinement and a float64 check every ``check_every`` iterations,
+    ``max_iter`` iterations in all, see :func:`_fista_mixed_chunk`); (2) for the
     T it leaves unconverged, a primal-dual active-set polish (exact solve of the equality-
     constrained problem on the support, warm-started); (3) batched Lawson-Hanson NNLS on the
     least-distance form for what is still unverified and for every T of manifolds with many

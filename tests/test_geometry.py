@@ -400,6 +400,25 @@ def test_low_rank_cost_equals_direct_formula():
                                    atol=1e-12)
 
 
+def test_centre_search_reaches_gradient_tolerance():
+    # every start of the fast minimiser ends at |Riemannian gradient| <= gtol, measured with
+    # the direct (b, P, P) formula; its returned costs are the direct costs
+    ms = _planted(20, 2, seed=4)
+    C = np.stack([m.mean(0) for m in ms])
+    X, _, _ = g._centers_basis(C - C.mean(0))
+    rng = np.random.default_rng(0)
+    for K in (1, 3):
+        V0 = g._qr_retract(rng.standard_normal((6, X.shape[1], K)))
+        V, f = g._stiefel_minimize(V0, X, max_iter=2000, gtol=1e-6)
+        np.testing.assert_allclose(np.matmul(V.transpose(0, 2, 1), V),
+                                   np.broadcast_to(np.eye(K), (6, K, K)), atol=1e-12)
+        XXt = X @ X.T
+        f0, G0 = g._corr_cost_grad(V, X, XXt, np.diag(XXt).copy())
+        rg = G0 - np.matmul(V, np.matmul(V.transpose(0, 2, 1), G0))
+        assert np.sqrt((rg ** 2).sum(axis=(1, 2))).max() <= 1e-6
+        np.testing.assert_allclose(f, f0, rtol=1e-12)
+
+
 def test_centers_basis_fast_and_refined_paths():
     rng = np.random.default_rng(3)
     for scales in ([1.0] * 8, [1.0] * 6 + [1e-6, 1e-7]):   # the second needs the refined path
