@@ -1048,7 +1048,8 @@ def _fista_mixed_chunk(G, bh, x, T2, kdw, negL, beta_c, valid, tol, k2, rounds):
 
     Each round computes the float64 gradient r = bh + x G (which is also the slack of the
     constraints), checks the KKT conditions in float64 (primal -r <= tol l, complementarity
-    x |r| <= tol l^2; x >= 0 and stationarity hold by construction), and runs ``rounds[i]``
+    x |r| <= tol l^2; x >= 0 and stationarity hold by construction; from the second float32
+    round on, and after the last), and runs ``rounds[i]``
     accelerated projected-gradient iterations in float32 on the correction d of x:
     min 1/2 d^T G d + r^T d s.t. d >= -x. Each round gains about seven digits (float32 has
     eight) until the check passes, as in mixed-precision iterative refinement. x (b, n, M) is
@@ -1057,13 +1058,14 @@ def _fista_mixed_chunk(G, bh, x, T2, kdw, negL, beta_c, valid, tol, k2, rounds):
     conv = ~valid
     slack = np.empty_like(x)
     shp = x.shape
-    G32 = G.astype(np.float32)
+    Gs = (G * negL).astype(np.float32)                  # -G / L
     r32, lo = np.empty(shp, np.float32), np.empty(shp, np.float32)
-    d, y, dn, g = (np.empty(shp, np.float32) for _ in range(4))
+    d, y, dn, u = (np.empty(shp, np.float32) for _ in range(4))
     for rnd in range(len(rounds) + 1):
         np.matmul(x, G, out=slack)
         slack += bh
-        if rnd > 0:
+        # (after one float32 round x is at best ~1e-7 accurate: the first check is after two)
+        if rnd > 1 or (rnd > 0 and rnd == len(rounds)):
             vn2 = T2 + np.vecdot(x, bh + slack)
             if kdw is not None:
                 vn2 += 2.0 * np.vecdot(x, np.broadcast_to(kdw, shp))
@@ -1073,19 +1075,18 @@ def _fista_mixed_chunk(G, bh, x, T2, kdw, negL, beta_c, valid, tol, k2, rounds):
             conv |= (-np.min(slack, axis=-1) <= tol * np.sqrt(ell2)) & (comp <= tol * ell2)
         if rnd == len(rounds) or conv.all():
             break
-        r32[...] = slack
+        np.multiply(slack, negL, out=r32)                   # -r / L
         np.negative(x, out=lo)
         d.fill(0.0)
         y.fill(0.0)
         t = np.ones(shp[:2], np.float32)
         for _ in range(rounds[rnd]):
-            np.matmul(y, G32, out=g)
-            g += r32
-            np.multiply(g, negL, out=dn)
-            dn += y
+            np.matmul(y, Gs, out=u)
+            u += r32                                        # u = -grad / L
+            np.add(u, y, out=dn)
             np.maximum(dn, lo, out=dn)
             np.subtract(dn, d, out=y)                       # the step
-            rs = np.vecdot(g, y) > 0                        # gradient restart
+            rs = np.vecdot(u, y) < 0                        # gradient restart
             tn = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
             beta = np.minimum((t - 1.0) / tn, beta_c)
             beta[rs] = 0.0
