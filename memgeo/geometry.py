@@ -1447,18 +1447,19 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
         degenerate = Mreal >= 2 * D1real
         # stage 1: iterative, non-degenerate manifolds
         run = Tm_t & ~degenerate[:, None]
-        mu = torch.zeros((B, nmax, Mmax), dtype=_DTYPE, device=dev)
+        mu = None
         stage = torch.zeros((B, nmax), dtype=torch.int8, device=dev)
         if bool(run.any()):
             nd = torch.nonzero(~degenerate).flatten()
             if cpu:
                 ndn = nd.numpy()
-                Shn = Sh_np[ndn]
+                sel = (lambda a: a) if ndn.size == B else (lambda a: a[ndn])
+                Shn = sel(Sh_np)
                 Gh_np = np.matmul(Shn.transpose(0, 2, 1), Shn)              # M x M, M < 2 (D+1)
                 Gh_np[:, np.arange(Mmax), np.arange(Mmax)] = np.where(
-                    pad_np[ndn], 1.0, Gh_np[:, np.arange(Mmax), np.arange(Mmax)])
-                mu_np, conv_np = _fista_cpu(Gh_np, Shn, Tp[ndn], Tmask[ndn] & run[nd].numpy(),
-                                            kd_np[ndn], pad_np[ndn], kappa, tol, max_iter,
+                    sel(pad_np), 1.0, Gh_np[:, np.arange(Mmax), np.arange(Mmax)])
+                mu_np, conv_np = _fista_cpu(Gh_np, Shn, sel(Tp), sel(Tmask) & run[nd].numpy(),
+                                            sel(kd_np), sel(pad_np), kappa, tol, max_iter,
                                             check_every)
                 Gh, mu_nd, conv_nd = (torch.from_numpy(a) for a in (Gh_np, mu_np, conv_np))
             else:
@@ -1467,7 +1468,11 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
                     torch.where(pad[nd], 1.0, Gh.diagonal(dim1=1, dim2=2)))
                 mu_nd, conv_nd = _fista_group(Sh[nd], Tp_t[nd], run[nd], d[nd], kappa, tol,
                                               max_iter, check_every, Gh=Gh)
-            mu[nd] = mu_nd
+            if nd.numel() == B:
+                mu = mu_nd
+            else:
+                mu = torch.zeros((B, nmax, Mmax), dtype=_DTYPE, device=dev)
+                mu[nd] = mu_nd
             stage[nd] = torch.where(conv_nd & run[nd], 1, 0).to(torch.int8)
             # stage 2: active-set polish of the unconverged, packed per manifold
             rows, order, valid = _pack(run & (stage == 0))
@@ -1485,6 +1490,8 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
                     rr, oo = r[:, None].expand_as(o)[v], o[v]
                     mu[rr, oo] = xs[v]
                     stage[rr, oo] = 2
+        if mu is None:
+            mu = torch.zeros((B, nmax, Mmax), dtype=_DTYPE, device=dev)
         kkt, W = _verify(Sh, Tp_t, mu, kd, pad, kappa)
         # stage 3: batched Lawson-Hanson for everything not verified
         redo = Tm_t & ~(kkt <= tol)
@@ -1512,12 +1519,13 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
         for b, i in enumerate(grp):
             n_i, M_i, D1_i = ns[i], Ms[i], S_list[i].shape[0]
             Vi = V_np[b, :n_i, :D1_i].copy()
-            Wi = W_np[b, :n_i, :D1_i].copy()
+            Wi = W_np[b, :n_i, :D1_i]
             li = lam_np[b, :n_i, :M_i].copy()
             ki = kkt_np[b, :n_i].copy()
             st = stage_np[b, :n_i].copy()
             bad = np.nonzero(~(ki <= tol))[0]
             if bad.size:
+                Wi = Wi.copy()
                 Vb, lb = solve_f_nnls(S_list[i], T_list[i][bad], kappa)
                 kb = kkt_residual(S_list[i], T_list[i][bad], Vb, lb, kappa)
                 Vi[bad], li[bad], ki[bad], st[bad] = Vb, lb, kb, 4
