@@ -1051,8 +1051,10 @@ def _fista_mixed_chunk(G, bh, x, T2, kdw, negL, beta_c, valid, tol, k2, rounds):
     x |r| <= tol l^2; x >= 0 and stationarity hold by construction; from the second float32
     round on, and after the last), and runs ``rounds[i]``
     accelerated projected-gradient iterations in float32 on the correction d of x:
-    min 1/2 d^T G d + r^T d s.t. d >= -x. Each round gains about seven digits (float32 has
-    eight) until the check passes, as in mixed-precision iterative refinement. x (b, n, M) is
+    min 1/2 d^T G d + r^T d s.t. d >= -x, keeping the momentum of the previous round (so the
+    rounds are one accelerated iteration whose gradient is refreshed in float64). Each round can
+    gain up to seven digits (float32 has eight), as in mixed-precision iterative refinement,
+    until the check passes. x (b, n, M) is
     updated in place; returns the (b, n) mask of verified T (invalid slots count as verified).
     """
     conv = ~valid
@@ -1077,9 +1079,13 @@ def _fista_mixed_chunk(G, bh, x, T2, kdw, negL, beta_c, valid, tol, k2, rounds):
             break
         np.multiply(slack, negL, out=r32)                   # -r / L
         np.negative(x, out=lo)
+        if rnd == 0:
+            y.fill(0.0)
+            t = np.ones(shp[:2], np.float32)
+        else:                       # continue the momentum of the previous round, re-centred
+            y -= d
+            y[conv] = 0.0
         d.fill(0.0)
-        y.fill(0.0)
-        t = np.ones(shp[:2], np.float32)
         for _ in range(rounds[rnd]):
             np.matmul(y, Gs, out=u)
             u += r32                                        # u = -grad / L
