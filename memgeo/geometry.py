@@ -467,34 +467,37 @@ def _corr_cost_grad_lr(Vt, X, XT, G, GG, diag, X2=None):
     (K x K), and C (w o A) = G (w o A) - A M_w, so an evaluation is three BLAS-3 products of
     O(b K P^2) plus O(b K P) work. ``XT`` = X^T (contiguous), ``GG`` = G o G, ``X2`` = 2 X
     (optional). Returns cost (b,), the transposed gradient (b, K, r) and a cancellation factor
-    max_p [(G o G) w]_p / min_p [(C o C) w]_p (b,), an upper bound of the largest ratio of a
-    term to its result: the relative rounding error of cost and gradient is about that times
-    machine epsilon (inf when (C o C) w has lost all digits).
+    max_p [(G o G) w]_p w_p (b,), an upper bound of the ratio of [(G o G) w]_p to the exact
+    [(C o C) w]_p (which is at least C_pp^2 w_p = 1/w_p): the relative rounding error of cost
+    and gradient is at most about that times machine epsilon.
     """
     b, K, r = Vt.shape
     P = X.shape[0]
     At = (Vt.reshape(b * K, r) @ XT).reshape(b, K, P)     # A^T
     c0 = diag - np.einsum("bkp,bkp->bp", At, At)
-    bad = np.min(c0, axis=1) <= 0
-    if bad.any():
+    bad = None
+    if not c0.min() > 0:                                  # a residual center vanishes
+        bad = ~(np.min(c0, axis=1) > 0)
         c0[bad] = 1.0
     w = 1.0 / c0
     wA = At * w[:, None, :]
     H = (wA.reshape(b * K, P) @ G).reshape(b, K, P)       # (G (w o A))^T
     AM = np.matmul(np.matmul(At, wA.transpose(0, 2, 1)), At)   # (A M_w)^T, M_w symmetric
     GGw = w @ GG                                          # (G o G) w
-    H2 = H + H
-    H2 -= AM
-    C2w = GGw - np.einsum("bkp,bkp->bp", At, H2)
+    H -= AM                                               # (C (w o A))^T
+    AM += H
+    AM += H                                               # 2 G (w o A) - A M_w
+    C2w = GGw - np.einsum("bkp,bkp->bp", At, AM)          # (C o C) w
     cost = 0.5 * np.vecdot(w, C2w)
-    cmin = np.min(C2w, axis=1)
-    canc = np.where(cmin > 0, np.max(GGw, axis=1) / np.where(cmin > 0, cmin, 1.0), np.inf)
-    if bad.any():
+    # [(C o C) w]_p >= C_pp^2 w_p = 1/w_p: [(G o G) w]_p w_p bounds the cancellation
+    canc = np.max(GGw * w, axis=1)
+    if bad is not None:
         cost[bad] = np.inf
         canc[bad] = 1.0
-    H -= AM                                               # (C (w o A))^T
     H *= w[:, None, :]
-    dA = (w * w * C2w)[:, None, :] * At
+    w *= w
+    w *= C2w
+    dA = At * w[:, None, :]
     dA -= H
     if X2 is None:
         X2 = 2.0 * X
@@ -581,18 +584,19 @@ def _stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6):
         if st["ids"].size == 0:
             break
         Vt, rg, gn, Cref = st["Vt"], st["rg"], st["gn"], st["Cref"]
-        t = st["step"].copy()
+        t = st["step"]
         Vn = _retract_t(Vt - t[:, None, None] * rg, t * gn)
         fn, Gn = cost_grad(Vn)
-        ok = np.isfinite(fn) & (fn <= Cref - 1e-4 * t * gn * gn)
+        ok = fn <= Cref - 1e-4 * t * gn * gn            # (False for inf and nan)
         if not ok.all():                                # backtracking (t <- 0.3 t, 40 tries)
+            t = t.copy()
             pend = np.nonzero(~ok)[0]
             for _ in range(39):
                 t[pend] *= 0.3
                 tp = t[pend]
                 Vp = _retract_t(Vt[pend] - tp[:, None, None] * rg[pend], tp * gn[pend])
                 fp, Gp = cost_grad(Vp)
-                okp = np.isfinite(fp) & (fp <= Cref[pend] - 1e-4 * tp * gn[pend] ** 2)
+                okp = fp <= Cref[pend] - 1e-4 * tp * gn[pend] ** 2
                 sel = pend[okp]
                 Vn[sel], fn[sel], Gn[sel] = Vp[okp], fp[okp], Gp[okp]
                 ok[sel] = True
