@@ -47,9 +47,10 @@ Input: P manifolds, manifold i an (M_i, N) array (samples x features).
 The per-T problem is solved for all T and all manifolds at once (numpy on the CPU, torch on
 CUDA), in stages (see :func:`solve_f`): (1) accelerated projected gradient on the Jacobi-scaled
 dual (momentum capped by the condition number, gradient restart); on the CPU its iterations run
-in float32 with float64 refinement (each round restarts from the float64 gradient, as in
-mixed-precision iterative refinement) and float64 KKT checks; (2) for T it has not settled within a few dozen iterations (ill-conditioned point sets),
-a primal-dual active-set polish that solves the equality-constrained problem on the support
+in float32 with float64 refinement (the gradient is recomputed in float64 every few iterations,
+as in mixed-precision iterative refinement) and float64 KKT checks; (2) for T it has not
+settled within a few dozen iterations (ill-conditioned point sets), a primal-dual active-set
+polish that solves the equality-constrained problem on the support
 exactly (Cholesky of the support block); (3) batched Lawson-Hanson NNLS on the least-distance
 form (exact for every kappa, robust to duplicates and rank deficiency; used directly for point
 sets with many points in few dimensions); (4) scipy NNLS and (5) cvxopt per T as last resorts.

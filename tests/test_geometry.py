@@ -387,7 +387,8 @@ def test_low_rank_cost_equals_direct_formula():
                                             np.ascontiguousarray(X.T), XXt, XXt * XXt,
                                             np.diag(XXt).copy())
         np.testing.assert_allclose(f1, f0, rtol=1e-12)
-        np.testing.assert_allclose(G1.transpose(0, 2, 1), G0, rtol=1e-10, atol=1e-12 * abs(G0).max())
+        np.testing.assert_allclose(G1.transpose(0, 2, 1), G0, rtol=1e-10,
+                                   atol=1e-12 * abs(G0).max())
         assert np.all((canc >= 1.0) & (canc < 1e6))
     # Cholesky-QR retraction = Householder QR with positive R diagonal
     Vt = np.ascontiguousarray(V.transpose(0, 2, 1))
