@@ -54,7 +54,7 @@ def plain_epoch(model, opt, loader, device):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000, help="training images (balanced over classes)")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=5, help="timed epochs per contender (interleaved)")
     ap.add_argument("--preset", default="cpu", help="model, width, optimizer, batch size and precision "
                     "come from this preset's main run unless given below")
     ap.add_argument("--width", type=int, default=None)
@@ -77,49 +77,55 @@ def main():
           f"augment={cfg.augment}, device {device}, torch threads {torch.get_num_threads()}, "
           f"memgeo precision {cfg.precision}")
 
-    def memgeo_loop(cfg):
+    # Each contender is built once, warmed up for one epoch, then the contenders take turns, one
+    # epoch each, for --epochs rounds: a slow spell of a shared machine hits all of them alike.
+    # The medians of the per-epoch rates are compared.
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def memgeo_contender(c):
         data_dev = data.to(device)
-        model = build_model(cfg).to(device, memory_format=torch.channels_last)
+        model = build_model(c).to(device, memory_format=torch.channels_last)
+        opt = make_optimizer(c, model)
+        epoch = iter(range(1, 10 ** 6))
+        return lambda: train_one_epoch(model, opt, data_dev, c, next(epoch), device)
+
+    def baseline_contender():
+        mean = data.mean.flatten().tolist()
+        std = data.std.flatten().tolist()
+        tf = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if args.augment else []
+        tf = transforms.Compose(tf + [transforms.ToTensor(), transforms.Normalize(mean, std)])
+        ds = PILDataset(data.x_train, data.train_label, tf)
+        g = torch.Generator().manual_seed(0)
+        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=args.workers,
+                            generator=g, pin_memory=device.type == "cuda")
+        model = build_model(cfg).to(device)
         opt = make_optimizer(cfg, model)
-        train_one_epoch(model, opt, data_dev, cfg, 1, device)          # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for e in range(args.epochs):
-            train_one_epoch(model, opt, data_dev, cfg, e + 2, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return n * args.epochs / (time.perf_counter() - t)
+        return lambda: plain_epoch(model, opt, loader, device)
 
-    memgeo_ips = memgeo_loop(cfg)
-    fp32_ips = memgeo_loop(replace(cfg, precision="fp32")) if cfg.precision != "fp32" else memgeo_ips
-
-    # baseline
-    mean = data.mean.flatten().tolist()
-    std = data.std.flatten().tolist()
-    tf = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if args.augment else []
-    tf = transforms.Compose(tf + [transforms.ToTensor(), transforms.Normalize(mean, std)])
-    ds = PILDataset(data.x_train, data.train_label, tf)
-    g = torch.Generator().manual_seed(0)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=args.workers, generator=g,
-                        pin_memory=device.type == "cuda")
-    model = build_model(cfg).to(device)
-    opt = make_optimizer(cfg, model)
-    plain_epoch(model, opt, loader, device)                           # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(args.epochs):
-        plain_epoch(model, opt, loader, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    plain_ips = n * args.epochs / (time.perf_counter() - t)
-
-    print(f"baseline (DataLoader + PIL transforms, fp32): {plain_ips:8.0f} images/s")
+    contenders = {"baseline": baseline_contender(), "memgeo": memgeo_contender(cfg)}
     if cfg.precision != "fp32":
-        print(f"memgeo in fp32 (uint8 on device, batched ops): {fp32_ips:8.0f} images/s "
-              f"({fp32_ips / plain_ips:.2f}x the baseline)")
-    print(f"memgeo as configured ({cfg.precision}):          {memgeo_ips:8.0f} images/s")
+        contenders["memgeo_fp32"] = memgeo_contender(replace(cfg, precision="fp32"))
+    rates = {k: [] for k in contenders}
+    for name, run_epoch in contenders.items():
+        run_epoch()                                                      # warm-up
+    for _ in range(args.epochs):
+        for name, run_epoch in contenders.items():
+            sync()
+            t = time.perf_counter()
+            run_epoch()
+            sync()
+            rates[name].append(n / (time.perf_counter() - t))
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    spread = {k: f"{min(v):.0f}-{max(v):.0f}" for k, v in rates.items()}
+    plain_ips, memgeo_ips = med["baseline"], med["memgeo"]
+    print(f"median of {args.epochs} interleaved epochs each (range in brackets)")
+    print(f"baseline (DataLoader + PIL transforms, fp32): {plain_ips:8.0f} images/s ({spread['baseline']})")
+    if "memgeo_fp32" in med:
+        print(f"memgeo in fp32 (uint8 on device, batched ops): {med['memgeo_fp32']:8.0f} images/s "
+              f"({spread['memgeo_fp32']}; {med['memgeo_fp32'] / plain_ips:.2f}x the baseline)")
+    print(f"memgeo as configured ({cfg.precision}):          {memgeo_ips:8.0f} images/s ({spread['memgeo']})")
     print(f"ratio memgeo / baseline: {memgeo_ips / plain_ips:.2f}x")
 
 
