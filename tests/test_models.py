@@ -53,3 +53,16 @@ def test_initialisation_is_fixed_by_seed():
 def test_unknown_model():
     with pytest.raises(ConfigError, match="choose one of"):
         RunConfig(model="lenet")
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_model_carries_its_precision_into_autocast(precision, dtype):
+    from memgeo.train import autocast
+    m = build_model(RunConfig(width=4, precision=precision)).eval()
+    assert m.precision == precision
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), autocast(m):
+        assert m(x).dtype == dtype
+    # outside the context the weights and a plain forward stay float32
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    assert m(x).dtype == torch.float32
