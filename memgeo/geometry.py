@@ -783,7 +783,42 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
         centers *= inv_sc
     mu = (Ms[:, None] * centers).sum(axis=0) / float(Ms.sum())
     C = centers - mu
-    if center_removal:
+    # The centered Gram matrices do not depend on the center subspace: with the default basis
+    # they are computed in a second thread (BLAS releases the GIL) while this one runs the
+    # center search, which is bound by Python overhead on one core.
+    grams_raw, keeps = [None] * P, [None] * P
+
+    def centered_grams():
+        buf = np.empty((int(Ms.max()), N))            # centered points, reused (stays in cache)
+        for i, Xi in enumerate(ms):
+            X = _as_numpy(Xi)
+            Xc = buf[:X.shape[0]]
+            if inv_sc == 1.0:
+                np.subtract(X, centers[i][None, :], out=Xc)
+            else:
+                np.multiply(X, inv_sc, out=Xc)
+                Xc -= centers[i][None, :]
+            g = Xc @ Xc.T
+            if not np.isfinite(g).all():
+                raise ValueError(f"manifold {i}: feature values too large (squared norms "
+                                 "overflow); rescale the features")
+            grams_raw[i] = g
+            keeps[i] = _dedupe_columns(X, g)
+
+    overlap = basis == "gram" and center_removal and P >= 3
+    if overlap:
+        from concurrent.futures import ThreadPoolExecutor
+        from threadpoolctl import threadpool_limits
+        pool = ThreadPoolExecutor(max_workers=1)
+        with threadpool_limits(1):                     # one core each: no oversubscription
+            fut = pool.submit(centered_grams)
+            try:
+                cs = find_center_subspace(C, seed=seed, max_rank=max_rank, min_rank=min_rank,
+                                          n_restarts=n_restarts)
+            finally:
+                pool.shutdown(wait=True)
+        fut.result()                                   # re-raises a manifold's error here
+    elif center_removal:
         cs = find_center_subspace(C, seed=seed, max_rank=max_rank, min_rank=min_rank,
                                   n_restarts=n_restarts)
     else:
@@ -800,32 +835,30 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
                 "after centering and center-subspace removal), so the center-normalised geometry "
                 "is undefined; check for a constant or duplicated class, or pass "
                 "center_removal=False")
-    coords, keeps, D_list = [None] * P, [None] * P, []
+    if basis == "gram" and not overlap:
+        centered_grams()
+    coords, D_list = [None] * P, []
     grams = {}
-    buf = np.empty((int(Ms.max()), N))                # centered points, reused (stays in cache)
     for i, Xi in enumerate(ms):
         X = _as_numpy(Xi)
         M = X.shape[0]
-        Xc = buf[:M]
-        if inv_sc == 1.0:
-            np.subtract(X, centers[i][None, :], out=Xc)
-        else:
-            np.multiply(X, inv_sc, out=Xc)
-            Xc -= centers[i][None, :]
-        gram_raw = Xc @ Xc.T
-        if not np.isfinite(gram_raw).all():
-            raise ValueError(f"manifold {i}: feature values too large (squared norms overflow); "
-                             "rescale the features")
-        keeps[i] = _dedupe_columns(X, gram_raw)
         D = M if N > M else N
         D_list.append(D)
         if basis == "gram":
-            gram = gram_raw
+            gram = grams_raw[i]
             if cs.K > 0:
-                A = Xc @ Vb
+                # (X - c) Vb without a centered copy of X: K columns, one pass over X
+                A = (X @ Vb if inv_sc == 1.0 else (X * inv_sc) @ Vb) - (centers[i] @ Vb)[None, :]
                 gram -= A @ A.T
             grams.setdefault(M, []).append((i, (0.5 / cnorm[i] ** 2) * (gram + gram.T)))
+            grams_raw[i] = None
         else:
+            Xc = X - centers[i][None, :] if inv_sc == 1.0 else X * inv_sc - centers[i][None, :]
+            g = Xc @ Xc.T
+            if not np.isfinite(g).all():
+                raise ValueError(f"manifold {i}: feature values too large (squared norms "
+                                 "overflow); rescale the features")
+            keeps[i] = _dedupe_columns(X, g)
             Z = Xc - (Xc @ Vb) @ Vb.T if cs.K > 0 else Xc
             Z = Z / cnorm[i]
             coords[i] = np.linalg.qr(Z.T, mode="r") if N > M else Z.T
