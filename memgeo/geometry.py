@@ -798,7 +798,8 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
             else:
                 np.multiply(X, inv_sc, out=Xc)
                 Xc -= centers[i][None, :]
-            g = Xc @ Xc.T
+            with np.errstate(over="ignore", invalid="ignore"):   # checked just below
+                g = Xc @ Xc.T
             if not np.isfinite(g).all():
                 raise ValueError(f"manifold {i}: feature values too large (squared norms "
                                  "overflow); rescale the features")
@@ -854,7 +855,8 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
             grams_raw[i] = None
         else:
             Xc = X - centers[i][None, :] if inv_sc == 1.0 else X * inv_sc - centers[i][None, :]
-            g = Xc @ Xc.T
+            with np.errstate(over="ignore", invalid="ignore"):   # checked just below
+                g = Xc @ Xc.T
             if not np.isfinite(g).all():
                 raise ValueError(f"manifold {i}: feature values too large (squared norms "
                                  "overflow); rescale the features")

@@ -579,3 +579,17 @@ def test_simulated_matches_mean_field(kind):
     assert z < 3.0
     if kind == "segments":                                   # and both near the exact value
         assert mf.capacity == pytest.approx(g.alpha_segment(1.0), rel=0.03)
+
+
+@pytest.mark.parametrize("basis", ["gram", "qr"])
+def test_overflowing_squared_norms_name_the_manifold(basis):
+    # Points of +-1e200 cancel in the center (no rescaling triggers), so the Gram product
+    # overflows; with the default basis that happens in the worker thread and must still
+    # surface as the same clear error.
+    rng = np.random.default_rng(0)
+    ms = [rng.standard_normal((6, 20)) + 3 * i for i in range(4)]
+    bad = rng.standard_normal((6, 20))
+    bad[2], bad[3] = 1e200, -1e200
+    ms[2] = bad
+    with pytest.raises(ValueError, match="manifold 2: feature values too large"):
+        g.preprocess(ms, basis=basis)
