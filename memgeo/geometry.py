@@ -104,6 +104,7 @@ __all__ = [
 _INTERIOR_EPS = 1e-8          # ||V - T|| below this: interior T (as the public code)
 _GRAM_RTOL = 1e-13            # Gram eigenvalues below this x M x largest count as zero
 _DTYPE = torch.float64
+_NUMPY_ON_CPU = True          # CPU: numpy stage 1 and checks; False runs the torch (GPU) code
 ESTIMATORS = ("public", "textbook")
 SOLVERS = ("batched", "cvxopt")
 
@@ -1358,7 +1359,7 @@ def _lawson_hanson(Sh, h, valid, pad, max_steps=None):
 def _verify(Sh, Tp, mu, kd, pad, kappa):
     """Explicit relative KKT residual (B, n) and S_hat mu (B, n, D1): V = T + S_hat mu, slacks
     S_hat^T V - kappa/d (stationarity holds by construction)."""
-    if Sh.device.type == "cpu":       # same computation in numpy, in cache-sized chunks
+    if Sh.device.type == "cpu" and _NUMPY_ON_CPU:   # same computation in numpy, cache-sized chunks
         Shn, Tn, mun, kdn, padn = (a.numpy() for a in (Sh, Tp, mu, kd, pad))
         B, n, M = mun.shape
         W = np.empty(Tn.shape)
@@ -1473,7 +1474,7 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
             Sp[b, : s.shape[0], : s.shape[1]] = s
             Tp[b, : t.shape[0], : t.shape[1]] = t
             Tmask[b, : t.shape[0]] = True
-        cpu = dev.type == "cpu"
+        cpu = dev.type == "cpu" and _NUMPY_ON_CPU
         if cpu:                                   # numpy arrays shared with the torch tensors
             d_np = np.sqrt(np.einsum("bdm,bdm->bm", Sp, Sp))
             pad_np = d_np == 0

@@ -16,9 +16,10 @@ from .config import ConfigError, RunConfig
 
 
 class BlockNet(nn.Module):
-    def __init__(self, blocks: "OrderedDict[str, nn.Module]", arch: str, precision: str = "fp32"):
+    def __init__(self, blocks: "OrderedDict[str, nn.Module]", arch: str):
         super().__init__()
-        self.precision = precision      # numeric format of training and evaluation (see autocast)
+        self.precision = "fp32"         # numeric format of training and evaluation (train.autocast);
+                                        # build_model sets the config's
         if next(reversed(blocks)) != "logits":
             raise ValueError("the last block must be named 'logits'")
         self.blocks = nn.ModuleDict(blocks)

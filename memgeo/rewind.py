@@ -265,7 +265,6 @@ def _recompute(model: BlockNet, first: str, inputs: BlockInputs) -> tuple[list[s
     model's outputs on the training batches (the same batches `train.predict` uses)."""
     names = list(model.blocks)
     model.eval()
-    device = inputs.device
     hs = list(inputs.batches(first, "train"))
     done = []
     for layer in names[names.index(first):]:

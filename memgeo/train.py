@@ -124,8 +124,7 @@ def autocast(model: BlockNet):
     """The numeric context a model runs in: bf16 autocast for `precision="bf16"` (on the CPU or a
     GPU; deterministic on the CPU for a fixed thread count), plain float32 otherwise."""
     dev = next(model.parameters()).device
-    bf16 = getattr(model, "precision", "fp32") == "bf16"
-    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=model.precision == "bf16")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -593,3 +593,17 @@ def test_overflowing_squared_norms_name_the_manifold(basis):
     ms[2] = bad
     with pytest.raises(ValueError, match="manifold 2: feature values too large"):
         g.preprocess(ms, basis=basis)
+
+
+@pytest.mark.parametrize("kappa", [0.0, 0.4])
+def test_torch_solver_path_used_on_gpus_matches_the_numpy_one(monkeypatch, kappa):
+    # CI has no GPU: run the torch code (stage 1 and the verification) on CPU tensors instead.
+    rng = np.random.default_rng(5)
+    S = [_cloud(rng, 12, 20, 1.5), _cloud(rng, 30, 40, 0.7)]
+    T = [rng.standard_normal((150, s.shape[0])) for s in S]
+    ref = g.solve_f(S, T, kappa)
+    monkeypatch.setattr(g, "_NUMPY_ON_CPU", False)
+    got = g.solve_f(S, T, kappa)
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b.F, a.F, atol=1e-9)
+        assert b.kkt.max() <= 1e-9
