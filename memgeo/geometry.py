@@ -84,7 +84,9 @@ the centers take P x N, and nothing of size N x N is formed.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -105,6 +107,8 @@ _INTERIOR_EPS = 1e-8          # ||V - T|| below this: interior T (as the public 
 _GRAM_RTOL = 1e-13            # Gram eigenvalues below this x M x largest count as zero
 _DTYPE = torch.float64
 _NUMPY_ON_CPU = True          # CPU: numpy stage 1 and checks; False runs the torch (GPU) code
+_JIT_SEARCH = True            # center search compiled with numba when it is installed
+_FISTA_CHUNK = 200_000
 ESTIMATORS = ("public", "textbook")
 SOLVERS = ("batched", "cvxopt")
 
@@ -543,6 +547,13 @@ def _stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6):
     are kept (no indexing in the common path).
     """
     X = np.ascontiguousarray(X, dtype=np.float64)
+    if _JIT_SEARCH:
+        from . import _stiefel_jit
+        if _stiefel_jit.available():
+            Vt0 = np.ascontiguousarray(np.asarray(V0, dtype=np.float64).transpose(0, 2, 1))
+            Vt, f = _stiefel_jit.stiefel_minimize(Vt0, X, int(max_iter), float(gtol),
+                                                  float(_CANCEL_MAX))
+            return np.ascontiguousarray(Vt.transpose(0, 2, 1)), f
     XT = np.ascontiguousarray(X.T)
     X2 = 2.0 * X
     G = X @ XT
@@ -739,43 +750,199 @@ def _dedupe_columns(X: np.ndarray, gram: np.ndarray) -> np.ndarray:
     return np.array([i for i in range(M) if i not in drop], dtype=np.int64)
 
 
-def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
-               max_rank: int | None = None, min_rank: int = 1, n_restarts: int = 10,
-               basis: str = "gram", device=None) -> Preprocessed:
-    """Steps 1-3 of the method: global centering, center correlation and low-rank removal,
-    per-manifold normalisation, coordinates in a basis of the manifold's span, center coordinate.
+def _cpu_workers(num_workers, device=None) -> int:
+    """Threads for the per-manifold work: ``num_workers`` if given, else the CPUs this process
+    may use; 1 when a GPU does the solving."""
+    if device is not None and torch.device(device).type != "cpu":
+        return 1
+    if num_workers is None:
+        try:
+            num_workers = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            num_workers = os.cpu_count() or 1
+    n = int(num_workers)
+    if n < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    return n
 
-    ``basis="gram"`` (default) uses the eigenbasis of the manifold's centered Gram matrix (M x M,
-    one BLAS-3 product per manifold, all eigendecompositions batched); ``basis="qr"`` the R factor
-    of a Householder QR of the centered (N x M) points as in the public code. The two differ by a
-    rotation of the D manifold coordinates only, which leaves the law of every statistic
-    unchanged (T is isotropic). D = M when N > M (public code), else D = N.
-    Exact duplicate points are dropped after the center is computed (they change neither the
-    convex hull nor F, anchors, R or D; D stays as if they were kept).
-    Runs on the CPU in numpy (``device`` is accepted for symmetry and ignored).
-    """
+
+def _split(costs, n: int) -> list:
+    """Contiguous index groups of roughly equal total cost (at most n, none empty)."""
+    costs = np.asarray(costs, dtype=np.float64)
+    n = max(1, min(int(n), costs.size))
+    # boundary k where the running cost is nearest to k/n of the total
+    cum = np.concatenate([[0.0], np.cumsum(costs)])
+    targets = cum[-1] * np.arange(1, n) / n
+    i = np.searchsorted(cum, targets)                 # cum[i-1] < target <= cum[i]
+    edges = np.where(cum[i] - targets <= targets - cum[i - 1], i, i - 1)
+    bounds = [0, *sorted(set(int(e) for e in edges if 0 < e < costs.size)), costs.size]
+    return [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class _Pool:
+    """``n - 1`` worker threads plus the calling thread, each limited to one BLAS and one torch
+    thread while it lasts (numpy's BLAS calls and large ufuncs release the GIL, and the
+    compiled center search does too). n = 1: everything runs in the calling thread with the
+    threads configured outside."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def __enter__(self):
+        if self.n > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self._limits = _threads(1).__enter__()
+            self._ex = ThreadPoolExecutor(max_workers=self.n - 1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.n > 1:
+            self._ex.shutdown(wait=True)
+            self._limits.__exit__(*exc)
+        return False
+
+    def submit(self, fn, *args):
+        """Run fn(*args) in a worker (in the caller when n = 1); returns a result getter."""
+        if self.n == 1:
+            out = fn(*args)
+            return lambda: out
+        return self._ex.submit(fn, *args).result
+
+    def map(self, fn, items) -> list:
+        """[fn(x) for x in items], the last item in the calling thread; errors re-raised in
+        item order."""
+        items = list(items)
+        if self.n == 1 or len(items) == 1:
+            return [fn(x) for x in items]
+        futs = [self._ex.submit(fn, x) for x in items[:-1]]
+        last = None
+        try:
+            last = fn(items[-1])
+        finally:
+            outs = [f.result() for f in futs]      # waits for all; raises the first error
+        return outs + [last]
+
+
+class _Drain:
+    """Per-manifold tasks taken in order by whichever thread is free (a shared counter)."""
+
+    def __init__(self, fn, n_tasks: int):
+        import threading
+        self.fn, self.n = fn, int(n_tasks)
+        self.next = 0
+        self.lock = threading.Lock()
+        self.errors = {}
+
+    def __call__(self):
+        while True:
+            with self.lock:
+                i = self.next
+                self.next += 1
+            if i >= self.n:
+                return
+            try:
+                self.fn(i)
+            except Exception as e:                     # noqa: BLE001 - re-raised by raise_first
+                self.errors[i] = e
+
+    def raise_first(self):
+        if self.errors:
+            raise self.errors[min(self.errors)]
+
+
+@dataclass
+class _Prepared:
+    """State of :func:`preprocess` between the global steps and the per-manifold ones."""
+    ms: list
+    N: int
+    Ms: np.ndarray
+    centers: np.ndarray
+    inv_sc: float
+    cs: CenterSubspace
+    cnorm: np.ndarray
+    basis: str
+    grams: list
+    keeps: list
+
+    def finish(self, idx) -> list:
+        """S~ for the manifolds ``idx``: remove the center subspace from their centered Gram
+        matrices (or points), coordinates from batched eigendecompositions (or QR), the
+        center coordinate 1, duplicates dropped. Returns [(i, S_i)]."""
+        N, cs, inv_sc = self.N, self.cs, self.inv_sc
+        Vb = np.ascontiguousarray(cs.basis)                                   # N x K
+        coords, by_M = {}, {}
+        for i in idx:
+            X = _as_numpy(self.ms[i])
+            M = X.shape[0]
+            if self.basis == "gram":
+                gram = self.grams[i]
+                if cs.K > 0:
+                    # (X - c) Vb without a centered copy of X: K columns, one pass over X
+                    A = ((X @ Vb if inv_sc == 1.0 else (X * inv_sc) @ Vb)
+                         - (self.centers[i] @ Vb)[None, :])
+                    gram = gram - A @ A.T
+                by_M.setdefault(M, []).append((i, (0.5 / self.cnorm[i] ** 2) * (gram + gram.T)))
+            else:
+                Xc = X - self.centers[i][None, :] if inv_sc == 1.0 else \
+                    X * inv_sc - self.centers[i][None, :]
+                Z = Xc - (Xc @ Vb) @ Vb.T if cs.K > 0 else Xc
+                Z = Z / self.cnorm[i]
+                coords[i] = np.linalg.qr(Z.T, mode="r") if N > M else Z.T
+        for M, items in by_M.items():                                       # batched eigh per M
+            D = M if N > M else N
+            w, U = np.linalg.eigh(np.stack([gm for _, gm in items]))
+            w, U = w[:, ::-1][:, :D], U[:, :, ::-1][:, :, :D]
+            # eigenvalues at the rounding level of the Gram product are flat directions (their
+            # coordinates would be ~sqrt(eps) noise instead of ~eps): set them to zero
+            w = np.where(w > _GRAM_RTOL * M * w[:, :1], w, 0.0)
+            cs_ = (U * np.sqrt(np.maximum(w, 0.0))[:, None, :]).transpose(0, 2, 1)   # (b, D, M)
+            for (i, _), c in zip(items, cs_):
+                coords[i] = c
+        out = []
+        for i in idx:
+            M = int(self.Ms[i])
+            S = np.vstack([coords[i], np.ones((1, M))])[:, self.keeps[i]]
+            out.append((i, np.ascontiguousarray(S)))
+        return out
+
+    def result(self, S_by_index: dict) -> Preprocessed:
+        P = len(self.ms)
+        D = np.array([int(self.Ms[i]) if self.N > self.Ms[i] else self.N for i in range(P)])
+        return Preprocessed(tuple(S_by_index[i] for i in range(P)), D, self.Ms,
+                            np.array([len(k) for k in self.keeps]), self.cnorm, self.cs)
+
+
+def _prepare(manifolds, pool: _Pool, *, center_removal: bool, seed: int, max_rank, min_rank: int,
+             n_restarts: int, basis: str) -> _Prepared:
+    """The global steps of :func:`preprocess`: centers, global centering, the center subspace,
+    and (``basis="gram"``) each manifold's centered Gram matrix. The Gram matrices do not
+    depend on the center subspace: the pool's workers compute them while the calling thread
+    runs the center search, and it joins them when the search is done."""
     ms = _validate_manifolds(manifolds)
-    seed = _check_seed(seed)
     if basis not in ("gram", "qr"):
         raise ValueError(f"basis must be 'gram' or 'qr', got {basis!r}")
     P = len(ms)
     N = int(ms[0].shape[1])
-    # pass 1: validity, global mean, centers
+    # pass 1 (memory-bound, split over the threads): validity, centers, magnitudes
     centers = np.empty((P, N))
-    Ms = np.zeros(P, dtype=np.int64)
-    mag = 0.0
-    for i, Xi in enumerate(ms):
-        X = _as_numpy(Xi)
-        s = np.add.reduce(X, axis=0, dtype=np.float64)
-        if not np.isfinite(s).all():
-            nbad = int(np.sum(~np.isfinite(X)))
-            what = f"{nbad} NaN or infinite feature values" if nbad else "values so large that " \
-                "their sum overflows"
-            raise ValueError(f"manifold {i} has {what}; remove or impute them (e.g. drop those "
-                             "samples) before the analysis")
-        Ms[i] = X.shape[0]
-        centers[i] = s / X.shape[0]
-        mag = max(mag, float(np.max(np.abs(X[0]))), float(np.max(np.abs(centers[i]))))
+    Ms = np.array([m.shape[0] for m in ms], dtype=np.int64)
+    mags = np.zeros(P)
+
+    def center(idx):
+        for i in idx:
+            X = _as_numpy(ms[i])
+            s = np.add.reduce(X, axis=0, dtype=np.float64)
+            if not np.isfinite(s).all():
+                nbad = int(np.sum(~np.isfinite(X)))
+                what = f"{nbad} NaN or infinite feature values" if nbad else \
+                    "values so large that their sum overflows"
+                raise ValueError(f"manifold {i} has {what}; remove or impute them (e.g. drop "
+                                 "those samples) before the analysis")
+            np.divide(s, X.shape[0], out=centers[i])
+            mags[i] = max(float(np.max(np.abs(X[0]))), float(np.max(np.abs(centers[i]))))
+
+    pool.map(center, _split(Ms * float(N), pool.n))
+    mag = float(mags.max())
     # the method is scale-invariant: bring extreme magnitudes to ~1 by an exact power of 2 so
     # that Gram products neither overflow nor underflow (no-op for ordinary data)
     inv_sc = 1.0
@@ -784,48 +951,34 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
         centers *= inv_sc
     mu = (Ms[:, None] * centers).sum(axis=0) / float(Ms.sum())
     C = centers - mu
-    # The centered Gram matrices do not depend on the center subspace: with the default basis
-    # they are computed in a second thread (BLAS releases the GIL) while this one runs the
-    # center search, which is bound by Python overhead on one core.
-    grams_raw, keeps = [None] * P, [None] * P
+    grams, keeps = [None] * P, [None] * P
 
-    def centered_grams():
-        buf = np.empty((int(Ms.max()), N))            # centered points, reused (stays in cache)
-        for i, Xi in enumerate(ms):
-            X = _as_numpy(Xi)
-            Xc = buf[:X.shape[0]]
-            if inv_sc == 1.0:
-                np.subtract(X, centers[i][None, :], out=Xc)
-            else:
-                np.multiply(X, inv_sc, out=Xc)
-                Xc -= centers[i][None, :]
-            with np.errstate(over="ignore", invalid="ignore"):   # checked just below
-                g = Xc @ Xc.T
-            if not np.isfinite(g).all():
-                raise ValueError(f"manifold {i}: feature values too large (squared norms "
-                                 "overflow); rescale the features")
-            grams_raw[i] = g
-            keeps[i] = _dedupe_columns(X, g)
+    def centered_gram(i):
+        X = _as_numpy(ms[i])
+        Xc = X - centers[i][None, :] if inv_sc == 1.0 else X * inv_sc - centers[i][None, :]
+        with np.errstate(over="ignore", invalid="ignore"):   # checked just below
+            g = Xc @ Xc.T
+        if not np.isfinite(g).all():
+            raise ValueError(f"manifold {i}: feature values too large (squared norms "
+                             "overflow); rescale the features")
+        keeps[i] = _dedupe_columns(X, g)
+        if basis == "gram":
+            grams[i] = g
 
-    overlap = basis == "gram" and center_removal and P >= 3
-    if overlap:
-        from concurrent.futures import ThreadPoolExecutor
-        from threadpoolctl import threadpool_limits
-        pool = ThreadPoolExecutor(max_workers=1)
-        with threadpool_limits(1):                     # one core each: no oversubscription
-            fut = pool.submit(centered_grams)
-            try:
-                cs = find_center_subspace(C, seed=seed, max_rank=max_rank, min_rank=min_rank,
-                                          n_restarts=n_restarts)
-            finally:
-                pool.shutdown(wait=True)
-        fut.result()                                   # re-raises a manifold's error here
-    elif center_removal:
-        cs = find_center_subspace(C, seed=seed, max_rank=max_rank, min_rank=min_rank,
-                                  n_restarts=n_restarts)
-    else:
-        rho = center_correlation(C)
-        cs = CenterSubspace(rho, 0, np.zeros((N, 0)), rho, ())
+    drain = _Drain(centered_gram, P)
+    waits = [pool.submit(drain) for _ in range(pool.n - 1)]
+    try:
+        if center_removal:
+            cs = find_center_subspace(C, seed=seed, max_rank=max_rank, min_rank=min_rank,
+                                      n_restarts=n_restarts)
+        else:
+            rho = center_correlation(C)
+            cs = CenterSubspace(rho, 0, np.zeros((N, 0)), rho, ())
+    finally:
+        drain()                                       # the calling thread joins the Gram work
+        for w in waits:
+            w()
+    drain.raise_first()                               # a manifold's error, lowest index first
     Vb = np.ascontiguousarray(cs.basis)                                  # N x K
     Cc = C - (C @ Vb) @ Vb.T if cs.K > 0 else C
     cnorm = np.linalg.norm(Cc, axis=1)
@@ -837,51 +990,33 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
                 "after centering and center-subspace removal), so the center-normalised geometry "
                 "is undefined; check for a constant or duplicated class, or pass "
                 "center_removal=False")
-    if basis == "gram" and not overlap:
-        centered_grams()
-    coords, D_list = [None] * P, []
-    grams = {}
-    for i, Xi in enumerate(ms):
-        X = _as_numpy(Xi)
-        M = X.shape[0]
-        D = M if N > M else N
-        D_list.append(D)
-        if basis == "gram":
-            gram = grams_raw[i]
-            if cs.K > 0:
-                # (X - c) Vb without a centered copy of X: K columns, one pass over X
-                A = (X @ Vb if inv_sc == 1.0 else (X * inv_sc) @ Vb) - (centers[i] @ Vb)[None, :]
-                gram -= A @ A.T
-            grams.setdefault(M, []).append((i, (0.5 / cnorm[i] ** 2) * (gram + gram.T)))
-            grams_raw[i] = None
-        else:
-            Xc = X - centers[i][None, :] if inv_sc == 1.0 else X * inv_sc - centers[i][None, :]
-            with np.errstate(over="ignore", invalid="ignore"):   # checked just below
-                g = Xc @ Xc.T
-            if not np.isfinite(g).all():
-                raise ValueError(f"manifold {i}: feature values too large (squared norms "
-                                 "overflow); rescale the features")
-            keeps[i] = _dedupe_columns(X, g)
-            Z = Xc - (Xc @ Vb) @ Vb.T if cs.K > 0 else Xc
-            Z = Z / cnorm[i]
-            coords[i] = np.linalg.qr(Z.T, mode="r") if N > M else Z.T
-    for M, items in grams.items():                                     # batched eigh per M
-        D = M if N > M else N
-        w, U = np.linalg.eigh(np.stack([g for _, g in items]))
-        w, U = w[:, ::-1][:, :D], U[:, :, ::-1][:, :, :D]
-        # eigenvalues at the rounding level of the Gram product are flat directions (their
-        # coordinates would be ~sqrt(eps) noise instead of ~eps): set them to zero
-        w = np.where(w > _GRAM_RTOL * M * w[:, :1], w, 0.0)
-        cs_ = (U * np.sqrt(np.maximum(w, 0.0))[:, None, :]).transpose(0, 2, 1)   # (b, D, M)
-        for (i, _), c in zip(items, cs_):
-            coords[i] = c
-    S_list, n_unique = [], []
-    for i in range(P):
-        M = int(Ms[i])
-        S = np.vstack([coords[i], np.ones((1, M))])[:, keeps[i]]
-        S_list.append(np.ascontiguousarray(S))
-        n_unique.append(len(keeps[i]))
-    return Preprocessed(tuple(S_list), np.array(D_list), Ms, np.array(n_unique), cnorm, cs)
+    return _Prepared(ms, N, Ms, centers, inv_sc, cs, cnorm, basis, grams, keeps)
+
+
+def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
+               max_rank: int | None = None, min_rank: int = 1, n_restarts: int = 10,
+               basis: str = "gram", device=None, num_workers: int | None = None) -> Preprocessed:
+    """Steps 1-3 of the method: global centering, center correlation and low-rank removal,
+    per-manifold normalisation, coordinates in a basis of the manifold's span, center coordinate.
+
+    ``basis="gram"`` (default) uses the eigenbasis of the manifold's centered Gram matrix (M x M,
+    one BLAS-3 product per manifold, all eigendecompositions batched); ``basis="qr"`` the R factor
+    of a Householder QR of the centered (N x M) points as in the public code. The two differ by a
+    rotation of the D manifold coordinates only, which leaves the law of every statistic
+    unchanged (T is isotropic). D = M when N > M (public code), else D = N.
+    Exact duplicate points are dropped after the center is computed (they change neither the
+    convex hull nor F, anchors, R or D; D stays as if they were kept).
+    Runs on the CPU in numpy (``device`` is accepted for symmetry and ignored), in
+    ``num_workers`` threads (default: the usable CPUs); the result does not depend on it.
+    """
+    seed = _check_seed(seed)
+    with _Pool(_cpu_workers(num_workers)) as pool:
+        prep = _prepare(manifolds, pool, center_removal=center_removal, seed=seed,
+                        max_rank=max_rank, min_rank=min_rank, n_restarts=n_restarts,
+                        basis=basis)
+        groups = _split(prep.Ms.astype(np.float64) ** 2, pool.n)
+        S = dict(kv for part in pool.map(prep.finish, groups) for kv in part)
+    return prep.result(S)
 
 
 def sample_t(D1s: Sequence[int], n_t: int, seed: int = 0) -> list:
@@ -889,8 +1024,11 @@ def sample_t(D1s: Sequence[int], n_t: int, seed: int = 0) -> list:
     (seed, i) only (so a manifold's T do not depend on the other manifolds)."""
     n_t = _check_n_t(n_t)
     seed = _check_seed(seed)
-    return [np.random.default_rng([1, seed, i]).standard_normal((n_t, int(d)))
-            for i, d in enumerate(D1s)]
+    return [_t_vectors(int(d), n_t, seed, i) for i, d in enumerate(D1s)]
+
+
+def _t_vectors(D1: int, n_t: int, seed: int, i: int) -> np.ndarray:
+    return np.random.default_rng([1, seed, i]).standard_normal((n_t, D1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1175,7 +1313,7 @@ def _fista_cpu(Gh, Sh, Tp, run, kd, pad, kappa, tol, max_iter, check_every):
     if max_iter % ce:
         rounds.append(max_iter % ce)
     kdn = kd[:, None, :] if kappa != 0.0 else None
-    per = max(1, 200_000 // max(1, n * M))           # ~1 MB of float32 per working array
+    per = max(1, _FISTA_CHUNK // max(1, n * M))      # ~1 MB of float32 per working array
     for c0 in range(0, B, per):
         sl = slice(c0, c0 + per)
         conv[sl] = _fista_mixed_chunk(Gh[sl], bh[sl], x[sl], Tn2[sl],
@@ -1650,6 +1788,12 @@ def manifold_statistics(S, T, V, kappa: float = 0.0, estimator: str = "public") 
     return _statistics_stack(S[None], T[None], V[None], kappa, estimator)[0]
 
 
+def _harmonic_capacity(caps) -> float:
+    """1 / mean(1 / alpha) (a manifold with alpha = inf contributes 0 to the mean)."""
+    inv = np.where(np.isinf(caps), 0.0, 1.0 / caps)
+    return float(1.0 / inv.mean()) if inv.mean() > 0 else float("inf")
+
+
 def capacity_from_points(S, *, kappa: float = 0.0, T=None, n_t: int = 200, seed: int = 0,
                          estimator: str = "public", solver: str = "batched", device=None,
                          return_per_t: bool = False) -> dict:
@@ -1706,10 +1850,8 @@ def capacity_from_points(S, *, kappa: float = 0.0, T=None, n_t: int = 200, seed:
         if return_per_t:
             per_t.append(PerT(t, st["F"], st["anchors"], st["interior"], sol.kkt, sol.stage))
     caps = np.array(caps)
-    inv = np.where(np.isinf(caps), 0.0, 1.0 / caps)
     out = {"capacity": caps, "radius": np.array(rads), "dimension": np.array(dims),
-           "capacity_total": (1.0 / inv.mean()) if inv.mean() > 0 else float("inf"),
-           "solve": sols}
+           "capacity_total": _harmonic_capacity(caps), "solve": sols}
     if return_per_t:
         out["per_t"] = per_t
     return out
@@ -1763,19 +1905,16 @@ def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, dev
     center_removal : remove the low-rank center subspace (K >= min_rank when P >= 3).
     max_rank, min_rank, n_restarts : limits of the K search (min_rank=0 lets K = 0 compete).
     basis : "gram" (default) or "qr" manifold coordinates (same law of every statistic).
-    num_threads : if given, torch and BLAS use this many CPU threads during the call (on a
-        machine shared with other jobs, 1 avoids intra-op threads waiting on each other).
+    num_threads : CPU threads for the call (default: the CPUs this process may use). The
+        per-manifold work (Gram matrices, eigendecompositions, T, the per-T solves, statistics)
+        is split into that many groups of manifolds, one thread each with one BLAS thread,
+        and the center search runs beside it; results do not depend on the number. On a
+        machine shared with other jobs, 1 avoids threads waiting on each other.
 
     Manifolds with one point (M = 1) are valid: S~ = [[0], [1]], giving the point capacity
     alpha_0(kappa), R = 0 and D = 0. Exact duplicate points are used once. A manifold whose
     F(T) = 0 for every T has capacity inf (it contributes 0 to mean(1/alpha)).
     """
-    if num_threads is not None:
-        with _threads(num_threads):
-            return analyze(manifolds, kappa=kappa, n_t=n_t, seed=seed, device=device,
-                           return_per_t=return_per_t, estimator=estimator, solver=solver,
-                           center_removal=center_removal, max_rank=max_rank,
-                           min_rank=min_rank, n_restarts=n_restarts, basis=basis)
     kappa = _check_kappa(kappa)
     n_t = _check_n_t(n_t)
     seed = _check_seed(seed)
@@ -1783,12 +1922,35 @@ def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, dev
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    pre = preprocess(manifolds, center_removal=center_removal, seed=seed, max_rank=max_rank,
-                     min_rank=min_rank, n_restarts=n_restarts, basis=basis, device=device)
-    T_list = sample_t([s.shape[0] for s in pre.S], n_t, seed)
-    out = capacity_from_points(list(pre.S), kappa=kappa, T=T_list, estimator=estimator,
-                               solver=solver, device=device, return_per_t=return_per_t)
+    n_workers = _cpu_workers(num_threads, device)
+
+    def steps_4_5(idx):            # per group of manifolds: finish step 3, sample T, solve
+        S = [s for _, s in prep.finish(idx)]
+        T = [_t_vectors(s.shape[0], n_t, seed, int(i)) for i, s in zip(idx, S)]
+        return S, capacity_from_points(S, kappa=kappa, T=T, estimator=estimator,
+                                       solver=solver, device=device, return_per_t=return_per_t)
+
+    # one worker with a thread count given: BLAS and torch use that many threads instead
+    outer = _threads(num_threads) if num_threads is not None and n_workers == 1 else \
+        contextlib.nullcontext()
+    with outer, _Pool(n_workers) as pool:
+        prep = _prepare(manifolds, pool, center_removal=center_removal, seed=seed,
+                        max_rank=max_rank, min_rank=min_rank, n_restarts=n_restarts,
+                        basis=basis)
+        groups = _split(prep.Ms.astype(np.float64) ** 2, pool.n if solver == "batched" else 1)
+        if solver == "batched":
+            parts = pool.map(steps_4_5, groups)
+    if solver != "batched":            # the cvxopt oracle holds the GIL: one thread, as it was
+        with outer:
+            parts = [steps_4_5(groups[0])]
+    pre = prep.result({int(i): s for idx, (S, _) in zip(groups, parts) for i, s in zip(idx, S)})
+    out = {k: np.concatenate([o[k] for _, o in parts]) for k in ("capacity", "radius",
+                                                                  "dimension")}
+    out["solve"] = [s for _, o in parts for s in o["solve"]]
+    if return_per_t:
+        out["per_t"] = [p for _, o in parts for p in o["per_t"]]
     caps = out["capacity"]
+    out["capacity_total"] = _harmonic_capacity(caps)
     pm = PerManifold(caps, out["radius"], out["dimension"], pre.n_points, pre.n_unique, pre.D,
                      pre.center_norm)
     stages = np.concatenate([s.stage for s in out["solve"]])

@@ -401,7 +401,17 @@ def test_low_rank_cost_equals_direct_formula():
                                    atol=1e-12)
 
 
-def test_centre_search_reaches_gradient_tolerance():
+@pytest.fixture(params=["compiled", "numpy"])
+def search_path(request, monkeypatch):
+    """Runs a test with the numba-compiled center search and with its numpy twin."""
+    if request.param == "compiled":
+        from memgeo import _stiefel_jit
+        assert _stiefel_jit.available(), "numba is in requirements.txt"
+    monkeypatch.setattr(g, "_JIT_SEARCH", request.param == "compiled")
+    return request.param
+
+
+def test_centre_search_reaches_gradient_tolerance(search_path):
     # every start of the fast minimiser ends at |Riemannian gradient| <= gtol, measured with
     # the direct (b, P, P) formula; its returned costs are the direct costs
     ms = _planted(20, 2, seed=4)
@@ -418,6 +428,91 @@ def test_centre_search_reaches_gradient_tolerance():
         rg = G0 - np.matmul(V, np.matmul(V.transpose(0, 2, 1), G0))
         assert np.sqrt((rg ** 2).sum(axis=(1, 2))).max() <= 1e-6
         np.testing.assert_allclose(f, f0, rtol=1e-12)
+
+
+def test_compiled_search_matches_numpy_twin(monkeypatch):
+    # same algorithm, same starts: on a problem with a well-defined minimum both paths end at
+    # the same cost and subspace, and the compiled cost/gradient equals the numpy one
+    from memgeo import _stiefel_jit as jit
+    ms = _planted(30, 3, seed=2)
+    C = np.stack([m.mean(0) for m in ms])
+    X, _, _ = g._centers_basis(C - C.mean(0))
+    rng = np.random.default_rng(5)
+    XT, G = np.ascontiguousarray(X.T), X @ X.T
+    for K in (1, 2, 3, 5):
+        V0 = g._qr_retract(rng.standard_normal((5, X.shape[1], K)))
+        Vt0 = np.ascontiguousarray(V0.transpose(0, 2, 1))
+        f_np, G_np, _ = g._corr_cost_grad_lr(Vt0, X, XT, G, G * G, np.diag(G).copy())
+        f_j, G_j = np.empty(5), np.empty_like(Vt0)
+        jit._cost_grad_lr(Vt0, np.arange(5), X, XT, 2 * X, G, G * G, np.diag(G).copy(), f_j, G_j,
+                          1e6)
+        np.testing.assert_allclose(f_j, f_np, rtol=1e-12)
+        np.testing.assert_allclose(G_j, G_np, rtol=1e-10, atol=1e-12 * abs(G_np).max())
+        # the direct formula (used under cancellation) gives the same numbers
+        jit._cost_grad_lr(Vt0, np.arange(5), X, XT, 2 * X, G, G * G, np.diag(G).copy(), f_j, G_j,
+                          0.0)
+        np.testing.assert_allclose(f_j, f_np, rtol=1e-10)
+        np.testing.assert_allclose(G_j, G_np, rtol=1e-8, atol=1e-10 * abs(G_np).max())
+        if K > 3:      # above the planted rank the landscape is flat: neither path converges
+            continue
+        out = {}
+        for path in (True, False):
+            monkeypatch.setattr(g, "_JIT_SEARCH", path)
+            out[path] = g._stiefel_minimize(V0, X, max_iter=2000, gtol=1e-9)
+        (V1, f1), (V2, f2) = out[True], out[False]
+        np.testing.assert_allclose(f1, f2, rtol=1e-9)
+        if K == 3:                                   # the planted rank: a unique subspace
+            for a, b in zip(V1, V2):
+                np.testing.assert_allclose(a @ a.T, b @ b.T, atol=1e-6)
+
+
+def test_compiled_retraction_equals_householder():
+    from memgeo import _stiefel_jit as jit
+    rng = np.random.default_rng(8)
+    for K in (1, 3):
+        V = g._qr_retract(rng.standard_normal((4, 12, K)))
+        Vt = np.ascontiguousarray(V.transpose(0, 2, 1))
+        xi = rng.standard_normal(Vt.shape)
+        xi -= np.matmul(np.matmul(xi, V), Vt)
+        for t in (0.1, 10.0, 1e5):                   # one pass, two passes, Householder
+            Y = Vt - t * xi
+            out = np.empty_like(Y)
+            jit._retract(Y, np.arange(4), t * np.sqrt((xi ** 2).sum((1, 2))), out)
+            np.testing.assert_allclose(
+                out, g._qr_retract(Y.transpose(0, 2, 1)).transpose(0, 2, 1), atol=1e-12)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    # the per-manifold work is split over threads. The point sets are bitwise the same; the
+    # solver batches (and pads) the T of several manifolds together, so a batch of another
+    # composition can round differently in the last bit, never more
+    same = [np.random.default_rng(i).standard_normal((10, 60)) + 0.3 * i for i in range(6)]
+    mixed = [np.random.default_rng(i).standard_normal((8 + i % 5, 60)) + 0.3 * i
+             for i in range(9)]
+    rtol = 1e-13
+    for ms in (same, mixed):
+        ref = g.analyze(ms, n_t=40, seed=3, num_threads=1, return_per_t=True)
+        for n in (2, 3, 9, 16):
+            r = g.analyze(ms, n_t=40, seed=3, num_threads=n, return_per_t=True)
+            for key, val in ref.as_dict().items():
+                assert r.as_dict()[key] == pytest.approx(val, rel=rtol, abs=1e-15), (n, key)
+            for a, b in zip(r.per_t, ref.per_t):
+                np.testing.assert_allclose(a.F, b.F, rtol=rtol, atol=1e-14)
+                np.testing.assert_allclose(a.anchors, b.anchors, rtol=rtol, atol=1e-14)
+            for a, b in zip(g.preprocess(ms, seed=3, num_workers=n).S,
+                            g.preprocess(ms, seed=3, num_workers=1).S):
+                assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="num_workers must be >= 1"):
+        g.preprocess(ms, num_workers=0)
+
+
+def test_split_groups_are_contiguous_and_balanced():
+    groups = g._split(np.ones(10), 3)
+    assert [x.tolist() for x in groups] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
+    assert [x.tolist() for x in g._split([1.0, 1.0], 5)] == [[0], [1]]   # never an empty group
+    assert [x.tolist() for x in g._split([100.0, 1, 1, 1, 1], 2)] == [[0], [1, 2, 3, 4]]
+    assert [x.tolist() for x in g._split([1.0, 1, 1, 1, 100], 2)] == [[0, 1, 2, 3], [4]]
+    assert [x.tolist() for x in g._split([3.0], 4)] == [[0]]
 
 
 def test_centers_basis_fast_and_refined_paths():
@@ -593,6 +688,11 @@ def test_overflowing_squared_norms_name_the_manifold(basis):
     ms[2] = bad
     with pytest.raises(ValueError, match="manifold 2: feature values too large"):
         g.preprocess(ms, basis=basis)
+    # two bad manifolds handled by different threads: the lower index is reported
+    ms[3] = bad + 1.0
+    for n in (1, 2, 4):
+        with pytest.raises(ValueError, match="manifold 2: feature values too large"):
+            g.preprocess(ms, basis=basis, num_workers=n)
 
 
 @pytest.mark.parametrize("kappa", [0.0, 0.4])
