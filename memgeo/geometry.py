@@ -750,6 +750,14 @@ def _dedupe_columns(X: np.ndarray, gram: np.ndarray) -> np.ndarray:
     return np.array([i for i in range(M) if i not in drop], dtype=np.int64)
 
 
+def _remove_subspace(gram, X, center, Vb, inv_sc):
+    """gram - A A^T, A = (X - c) Vb: the center subspace removed from a centered Gram matrix.
+    A comes from the raw points (K columns, no centered copy of X), by the same arithmetic
+    wherever it runs, so the result does not depend on which thread did it or when."""
+    A = (X @ Vb if inv_sc == 1.0 else (X * inv_sc) @ Vb) - (center @ Vb)[None, :]
+    return gram - A @ A.T
+
+
 def _cpu_workers(num_workers, device=None) -> int:
     """Threads for the per-manifold work: ``num_workers`` if given, else the CPUs this process
     may use; 1 when a GPU does the solving."""
@@ -863,6 +871,7 @@ class _Prepared:
     basis: str
     grams: list
     keeps: list
+    projected: np.ndarray         # Gram matrix i already has the center subspace removed
 
     def finish(self, idx) -> list:
         """S~ for the manifolds ``idx``: remove the center subspace from their centered Gram
@@ -876,11 +885,8 @@ class _Prepared:
             M = X.shape[0]
             if self.basis == "gram":
                 gram = self.grams[i]
-                if cs.K > 0:
-                    # (X - c) Vb without a centered copy of X: K columns, one pass over X
-                    A = ((X @ Vb if inv_sc == 1.0 else (X * inv_sc) @ Vb)
-                         - (self.centers[i] @ Vb)[None, :])
-                    gram = gram - A @ A.T
+                if cs.K > 0 and not self.projected[i]:
+                    gram = _remove_subspace(gram, X, self.centers[i], Vb, inv_sc)
                 by_M.setdefault(M, []).append((i, (0.5 / self.cnorm[i] ** 2) * (gram + gram.T)))
             else:
                 Xc = X - self.centers[i][None, :] if inv_sc == 1.0 else \
@@ -963,8 +969,13 @@ def _prepare(manifolds, pool: _Pool, *, center_removal: bool, seed: int, max_ran
                              "overflow); rescale the features")
         keeps[i] = _dedupe_columns(X, g)
         if basis == "gram":
+            Vb = found.get("Vb")                       # the search is done: project while the
+            if Vb is not None:                         # points are in cache
+                g = _remove_subspace(g, X, centers[i], Vb, inv_sc)
+                projected[i] = True
             grams[i] = g
 
+    found, projected = {}, np.zeros(P, dtype=bool)
     drain = _Drain(centered_gram, P)
     waits = [pool.submit(drain) for _ in range(pool.n - 1)]
     try:
@@ -974,6 +985,8 @@ def _prepare(manifolds, pool: _Pool, *, center_removal: bool, seed: int, max_ran
         else:
             rho = center_correlation(C)
             cs = CenterSubspace(rho, 0, np.zeros((N, 0)), rho, ())
+        if cs.K > 0:
+            found["Vb"] = np.ascontiguousarray(cs.basis)
     finally:
         drain()                                       # the calling thread joins the Gram work
         for w in waits:
@@ -990,7 +1003,7 @@ def _prepare(manifolds, pool: _Pool, *, center_removal: bool, seed: int, max_ran
                 "after centering and center-subspace removal), so the center-normalised geometry "
                 "is undefined; check for a constant or duplicated class, or pass "
                 "center_removal=False")
-    return _Prepared(ms, N, Ms, centers, inv_sc, cs, cnorm, basis, grams, keeps)
+    return _Prepared(ms, N, Ms, centers, inv_sc, cs, cnorm, basis, grams, keeps, projected)
 
 
 def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
@@ -1730,7 +1743,7 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
                         warnings.warn(f"per-T problem {i}: {nbad} T with KKT residual up to "
                                       f"{np.nanmax(ki[worse]):.2e} > {accept_tol:g} after all "
                                       "fallbacks", RuntimeWarning)
-            F = np.sum(Wi * Wi, axis=1)
+            F = np.vecdot(Wi, Wi)
             results[i] = SolveResult(F, Vi, li, ki, st)
     return results[0] if single else results
 
@@ -1740,34 +1753,38 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
 # --------------------------------------------------------------------------------------------
 def _statistics_stack(S, T, V, kappa, estimator):
     """:func:`manifold_statistics` for a stack of B manifolds of equal shapes: S (B, D+1, M),
-    T and V (B, n, D+1). Returns a list of B dicts."""
+    T and V (B, n, D+1). Returns a list of B dicts. (Dot products as ``vecdot`` over the last
+    axis and the interior anchors gathered only where needed: one pass per quantity.)"""
     B, D1, M = S.shape
     D = D1 - 1
     W = V - T
-    F = np.sum(W * W, axis=-1)
+    F = np.vecdot(W, W)
     ts = np.matmul(T, S)
     jmin = np.argmin(ts, axis=-1)
     interior = ((np.take_along_axis(ts, jmin[..., None], axis=-1)[..., 0] >= kappa)
                 | (np.sqrt(F) < _INTERIOR_EPS))
     last = W[..., -1]
     safe_last = np.where(interior | (last == 0), 1.0, last)
-    pts = np.take_along_axis(S.transpose(0, 2, 1), jmin[..., None], axis=1)
-    anchors = np.where(interior[..., None], pts, W / safe_last[..., None])
-    F = np.where(interior, 0.0, F)
+    anchors = W
+    anchors /= safe_last[..., None]
+    ib, it = np.nonzero(interior)                 # interior T: the point with the smallest T.s
+    anchors[ib, it] = S.transpose(0, 2, 1)[ib, jmin[ib, it]]
+    F[interior] = 0.0
     mF = np.mean(F, axis=-1)
     sD = anchors[..., :D]
     tD = T[..., :D]
-    s_norm = np.sqrt(np.sum(sD * sD, axis=-1) + 1e-12)
-    s_hat = sD / s_norm[..., None]
+    ss = np.vecdot(sD, sD)
+    s_norm = np.sqrt(ss + 1e-12)
+    ts_dot = np.vecdot(tD, sD)
     if estimator == "public":
         ds = sD - sD.mean(axis=1, keepdims=True)
-        radius = np.sqrt(np.mean(np.sum(ds * ds, axis=-1), axis=-1))
-        t_norm = np.linalg.norm(tD, axis=-1)
-        t_hat = tD / np.where(t_norm > 0, t_norm, 1.0)[..., None]
-        dimension = D * np.mean(np.sum(t_hat * s_hat, axis=-1), axis=-1) ** 2
+        radius = np.sqrt(np.mean(np.vecdot(ds, ds), axis=-1))
+        t_norm = np.sqrt(np.vecdot(tD, tD))
+        cos = ts_dot / (np.where(t_norm > 0, t_norm, 1.0) * s_norm)
+        dimension = D * np.mean(cos, axis=-1) ** 2
     else:
-        radius = np.sqrt(np.mean(np.sum(sD * sD, axis=-1), axis=-1))
-        dimension = np.mean(np.sum(tD * s_hat, axis=-1) ** 2, axis=-1)
+        radius = np.sqrt(np.mean(ss, axis=-1))
+        dimension = np.mean((ts_dot / s_norm) ** 2, axis=-1)
     return [{"capacity": (1.0 / float(mF[b])) if mF[b] > 0 else float("inf"),
              "radius": float(radius[b]), "dimension": float(dimension[b]), "F": F[b],
              "anchors": anchors[b], "interior": interior[b]} for b in range(B)]
