@@ -7,7 +7,10 @@ T) in the same run, and prints both times, their ratio, the split into preproces
 solving, the peak memory (tracemalloc for numpy, sampled RSS for everything) and the largest
 per-T difference in F. Then rows for N = 500 ... 20000 and P = 10 ... 200 (memgeo; the oracle on a
 subsample of T, extrapolated and labelled so), GPU rows when torch.cuda.is_available().
-The full-analysis ratio is printed last.
+The full-analysis ratio is printed last. memgeo uses every CPU it may (the per-manifold work in
+threads, the compiled center search beside it; ``--threads 1`` for one); the oracle solves one
+T at a time in one thread, as the public code does. memgeo's time is the median of 5 runs after
+a warm-up that also loads (or, the first time after installation, compiles) its numba kernels.
 
     .venv/bin/python benchmarks/mftma_speed.py            # full (a few minutes)
     .venv/bin/python benchmarks/mftma_speed.py --quick    # ~1 minute
@@ -72,6 +75,10 @@ class PeakRSS:
         return self.traced / 2 ** 20
 
 
+REPEATS = 5          # memgeo's time is the median of this many runs (the oracle runs once)
+THREADS = None       # --threads: CPU threads for memgeo (None: all it may use)
+
+
 def make_data(P, M, N, seed=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((M, N)).astype(dtype, copy=False) for _ in range(P)]
@@ -88,20 +95,25 @@ def main_row(P, M, N, n_t, seed, device=None):
     print(f"\n== main row: P={P} M={M} N={N} n_t={n_t} kappa=0  "
           f"(input {P * M * N * 8 / 2 ** 20:.0f} MB float64) ==")
     with PeakRSS() as mem:          # instrumented run first (fresh heap); tracemalloc slows it
-        g.analyze(data, n_t=n_t, seed=seed, device=device, return_per_t=True)
-    res, t_mem = timed(lambda: g.analyze(data, n_t=n_t, seed=seed, device=device,
-                                         return_per_t=True))
-    print(f"memgeo analyze: {t_mem:8.3f} s   peak extra memory: RSS {mem.rss_mb:.1f} MB, "
-          f"numpy (tracemalloc) {mem.traced_mb:.1f} MB")
+        g.analyze(data, n_t=n_t, seed=seed, device=device, return_per_t=True,
+                  num_threads=THREADS)
+    runs = [timed(lambda: g.analyze(data, n_t=n_t, seed=seed, device=device, return_per_t=True,
+                                    num_threads=THREADS))
+            for _ in range(REPEATS)]
+    res, t_mem = runs[0][0], float(np.median([t for _, t in runs]))
+    print(f"memgeo analyze: {t_mem:8.3f} s (median of {REPEATS} runs: "
+          f"{' '.join(f'{t:.3f}' for _, t in runs)})")
+    print(f"  peak extra memory: RSS {mem.rss_mb:.1f} MB, numpy (tracemalloc) "
+          f"{mem.traced_mb:.1f} MB; {g._cpu_workers(THREADS, device)} threads")
     print(f"  capacity {res.capacity:.5f}  radius {res.radius:.4f}  dimension {res.dimension:.3f}"
           f"  rho_c {res.center_correlation:.4f}  K {res.K}  stages {res.diagnostics['n_stage']}"
           f"  max KKT {res.diagnostics['max_kkt']:.1e}")
-    # split: preprocessing vs per-T solving, each path
+    # split: preprocessing vs per-T solving, each timed alone (analyze overlaps parts of them)
     pre, t_pre = timed(lambda: g.preprocess(data, seed=seed))
     T = g.sample_t([s.shape[0] for s in pre.S], n_t, seed)
     _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device))
-    print(f"  of which preprocessing {t_pre:.3f} s (center search {len(pre.centers.residual_by_K)}"
-          f" ranks), per-T solve + statistics {t_solve:.3f} s")
+    print(f"  alone: preprocessing {t_pre:.3f} s (center search {len(pre.centers.residual_by_K)}"
+          f" ranks), per-T solve + statistics {t_solve:.3f} s (no thread split)")
     orc, t_orc = timed(lambda: g.analyze(data, n_t=n_t, seed=seed, solver="cvxopt",
                                          return_per_t=True))
     F_m = np.concatenate([p.F for p in res.per_t])
@@ -130,9 +142,11 @@ def scaling_rows(rows, M, n_t, seed, oracle_T, device=None, label=""):
           f"{'numpy MB':>8} {'oracle s (extrap.)':>19} {'ratio':>7}")
     for P, N in rows:
         data = make_data(P, M, N, seed)
-        _, t_mem = timed(lambda: g.analyze(data, n_t=n_t, seed=seed, device=device))
+        t_mem = float(np.median([timed(lambda: g.analyze(data, n_t=n_t, seed=seed,
+                                                          device=device, num_threads=THREADS))[1]
+                                 for _ in range(3)]))
         with PeakRSS() as mem:
-            g.analyze(data, n_t=n_t, seed=seed, device=device)
+            g.analyze(data, n_t=n_t, seed=seed, device=device, num_threads=THREADS)
         pre, t_pre = timed(lambda: g.preprocess(data, seed=seed))
         T = g.sample_t([s.shape[0] for s in pre.S], n_t, seed)
         _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device))
@@ -157,6 +171,8 @@ def main():
                     help="T per manifold for the extrapolated oracle in the scaling rows")
     args = ap.parse_args()
     if args.threads:
+        global THREADS
+        THREADS = args.threads
         torch.set_num_threads(args.threads)
         try:
             from threadpoolctl import threadpool_limits
@@ -169,8 +185,9 @@ def main():
           f"(other jobs on the machine slow both paths)")
     # warm-up (library loading, first-call allocations) for both paths
     w = make_data(4, 10, 50, 1)
-    g.analyze(w, n_t=8)
+    _, t_warm = timed(lambda: g.analyze(w, n_t=8))
     g.analyze(w, n_t=2, solver="cvxopt")
+    print(f"warm-up (imports, numba kernels loaded or compiled): {t_warm:.1f} s")
 
     if args.quick:
         P, M, N, n_t = 20, 50, 5000, 200

@@ -107,7 +107,7 @@ _INTERIOR_EPS = 1e-8          # ||V - T|| below this: interior T (as the public 
 _GRAM_RTOL = 1e-13            # Gram eigenvalues below this x M x largest count as zero
 _DTYPE = torch.float64
 _NUMPY_ON_CPU = True          # CPU: numpy stage 1 and checks; False runs the torch (GPU) code
-_JIT_SEARCH = True            # center search compiled with numba when it is installed
+_JIT = True                   # compiled kernels (memgeo._jit, numba) when numba is installed
 _FISTA_CHUNK = 200_000
 ESTIMATORS = ("public", "textbook")
 SOLVERS = ("batched", "cvxopt")
@@ -434,6 +434,15 @@ def center_correlation(centers) -> float:
     return _mean_abs_corr(C - C.mean(axis=0, keepdims=True))
 
 
+def _jit_kernel(name):
+    """The compiled kernel ``name`` of :mod:`memgeo._jit`, or None (numba missing, or switched
+    off with ``_JIT = False``)."""
+    if not _JIT:
+        return None
+    from . import _jit
+    return getattr(_jit, name) if _jit.available() else None
+
+
 def _corr_cost_grad(V, X, XXt, diag):
     """Cost 1/2 sum_mn C_mn^2/(C_mm C_nn), C = XX^T - (XV)(XV)^T, and its Euclidean gradient in V.
     V: (b, r, K) stack. Returns cost (b,) (inf where a residual center vanishes), grad (b, r, K).
@@ -547,13 +556,11 @@ def _stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6):
     are kept (no indexing in the common path).
     """
     X = np.ascontiguousarray(X, dtype=np.float64)
-    if _JIT_SEARCH:
-        from . import _stiefel_jit
-        if _stiefel_jit.available():
-            Vt0 = np.ascontiguousarray(np.asarray(V0, dtype=np.float64).transpose(0, 2, 1))
-            Vt, f = _stiefel_jit.stiefel_minimize(Vt0, X, int(max_iter), float(gtol),
-                                                  float(_CANCEL_MAX))
-            return np.ascontiguousarray(Vt.transpose(0, 2, 1)), f
+    compiled = _jit_kernel("stiefel_minimize")
+    if compiled is not None:
+        Vt0 = np.ascontiguousarray(np.asarray(V0, dtype=np.float64).transpose(0, 2, 1))
+        Vt, f = compiled(Vt0, X, int(max_iter), float(gtol), float(_CANCEL_MAX))
+        return np.ascontiguousarray(Vt.transpose(0, 2, 1)), f
     XT = np.ascontiguousarray(X.T)
     X2 = 2.0 * X
     G = X @ XT
@@ -1280,8 +1287,13 @@ def _fista_mixed_chunk(G, bh, x, T2, kdw, negL, beta_c, valid, tol, k2, rounds):
             y -= d
             y[conv] = 0.0
         d.fill(0.0)
+        fused = _jit_kernel("fista_update")
         for _ in range(rounds[rnd]):
             np.matmul(y, Gs, out=u)
+            if fused is not None:                           # the same update, compiled
+                fused(u, y, d, dn, r32, lo, t, beta_c)
+                d, dn = dn, d
+                continue
             u += r32                                        # u = -grad / L
             np.add(u, y, out=dn)
             np.maximum(dn, lo, out=dn)
@@ -1716,13 +1728,13 @@ def solve_f(S, T, kappa: float = 0.0, *, device=None, tol: float = 1e-12,
         V = Tp_t + W
         V_np, W_np, lam_np = V.cpu().numpy(), W.cpu().numpy(), lam.cpu().numpy()
         kkt_np, stage_np = kkt.cpu().numpy(), stage.cpu().numpy()
-        for b, i in enumerate(grp):
+        for b, i in enumerate(grp):                 # views into the group's arrays, no copies
             n_i, M_i, D1_i = ns[i], Ms[i], S_list[i].shape[0]
-            Vi = V_np[b, :n_i, :D1_i].copy()
+            Vi = V_np[b, :n_i, :D1_i]
             Wi = W_np[b, :n_i, :D1_i]
-            li = lam_np[b, :n_i, :M_i].copy()
-            ki = kkt_np[b, :n_i].copy()
-            st = stage_np[b, :n_i].copy()
+            li = lam_np[b, :n_i, :M_i]
+            ki = kkt_np[b, :n_i]
+            st = stage_np[b, :n_i]
             bad = np.nonzero(~(ki <= tol))[0]
             if bad.size:
                 Wi = Wi.copy()

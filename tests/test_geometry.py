@@ -405,9 +405,9 @@ def test_low_rank_cost_equals_direct_formula():
 def search_path(request, monkeypatch):
     """Runs a test with the numba-compiled center search and with its numpy twin."""
     if request.param == "compiled":
-        from memgeo import _stiefel_jit
-        assert _stiefel_jit.available(), "numba is in requirements.txt"
-    monkeypatch.setattr(g, "_JIT_SEARCH", request.param == "compiled")
+        from memgeo import _jit
+        assert _jit.available(), "numba is in requirements.txt"
+    monkeypatch.setattr(g, "_JIT", request.param == "compiled")
     return request.param
 
 
@@ -433,7 +433,7 @@ def test_centre_search_reaches_gradient_tolerance(search_path):
 def test_compiled_search_matches_numpy_twin(monkeypatch):
     # same algorithm, same starts: on a problem with a well-defined minimum both paths end at
     # the same cost and subspace, and the compiled cost/gradient equals the numpy one
-    from memgeo import _stiefel_jit as jit
+    from memgeo import _jit as jit
     ms = _planted(30, 3, seed=2)
     C = np.stack([m.mean(0) for m in ms])
     X, _, _ = g._centers_basis(C - C.mean(0))
@@ -457,7 +457,7 @@ def test_compiled_search_matches_numpy_twin(monkeypatch):
             continue
         out = {}
         for path in (True, False):
-            monkeypatch.setattr(g, "_JIT_SEARCH", path)
+            monkeypatch.setattr(g, "_JIT", path)
             out[path] = g._stiefel_minimize(V0, X, max_iter=2000, gtol=1e-9)
         (V1, f1), (V2, f2) = out[True], out[False]
         np.testing.assert_allclose(f1, f2, rtol=1e-9)
@@ -466,8 +466,47 @@ def test_compiled_search_matches_numpy_twin(monkeypatch):
                 np.testing.assert_allclose(a @ a.T, b @ b.T, atol=1e-6)
 
 
+def test_compiled_fista_update_matches_numpy():
+    # the fused float32 update against the numpy passes it replaces (_fista_mixed_chunk)
+    from memgeo import _jit as jit
+    rng = np.random.default_rng(9)
+    sh = (3, 40, 7)
+    u, y, d, r32 = (rng.standard_normal(sh).astype(np.float32) for _ in range(4))
+    lo = -np.abs(rng.standard_normal(sh)).astype(np.float32)
+    t = (1 + 3 * rng.random(sh[:2])).astype(np.float32)
+    beta_c = np.array([[0.5], [0.9], [1.0]], np.float32)
+    # numpy reference (the loop body of _fista_mixed_chunk)
+    un, yn, dnn = u + r32, y.copy(), np.empty_like(u)
+    np.maximum(un + yn, lo, out=dnn)
+    yn = dnn - d
+    rs = np.vecdot(un, yn) < 0
+    tn = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+    beta = np.minimum((t - 1.0) / tn, beta_c)
+    beta[rs], tn[rs] = 0.0, 1.0
+    yn = yn * beta[..., None] + dnn
+    dn = np.empty_like(u)
+    jit.fista_update(u, y, d, dn, r32, lo, t, beta_c)
+    assert rs.any() and (~rs).any()
+    np.testing.assert_array_equal(dn, dnn)
+    np.testing.assert_allclose(y, yn, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(t, tn.astype(np.float32))
+
+
+def test_solver_with_and_without_compiled_kernels(monkeypatch):
+    ms = _gauss_manifolds(6, 12, 80, seed=2)
+    pre = g.preprocess(ms, seed=0)
+    T = g.sample_t([s.shape[0] for s in pre.S], 300, 0)
+    out = {}
+    for jit in (True, False):
+        monkeypatch.setattr(g, "_JIT", jit)
+        out[jit] = g.solve_f(list(pre.S), T)
+    for a, b in zip(out[True], out[False]):
+        np.testing.assert_allclose(a.F, b.F, rtol=1e-12, atol=1e-14)
+        assert a.kkt.max() <= 1e-12 and b.kkt.max() <= 1e-12
+
+
 def test_compiled_retraction_equals_householder():
-    from memgeo import _stiefel_jit as jit
+    from memgeo import _jit as jit
     rng = np.random.default_rng(8)
     for K in (1, 3):
         V = g._qr_retract(rng.standard_normal((4, 12, K)))

@@ -1,5 +1,7 @@
-"""Compiled twin of :func:`memgeo.geometry._stiefel_minimize` (the center-subspace search).
+"""Compiled (numba) kernels of the geometry engine, each the twin of a numpy version in
+:mod:`memgeo.geometry` that stays as the fallback and as the reference the tests compare to.
 
+``stiefel_minimize`` is the center-subspace search (:func:`memgeo.geometry._stiefel_minimize`).
 The numpy version spends most of its time in Python and numpy call overhead: about 900
 iterations of a few dozen calls on (starts x K x P) arrays, with P ~ 100. Here the same
 algorithm (alternating Barzilai-Borwein steps, Zhang-Hager non-monotone Armijo search, Cholesky-QR
@@ -10,8 +12,12 @@ parallel with the Gram products of the manifolds). Results agree with the numpy 
 rounding (the landscape is flat, so the optimum found can move by more than rounding; the tests
 compare costs, gradients and optimality, not bases).
 
+``fista_update`` is the elementwise part of one float32 accelerated projected-gradient iteration
+of :func:`memgeo.geometry._fista_mixed_chunk` (eight numpy passes over the iterates fused into
+one pass per T; the matrix product stays a BLAS call).
+
 Imported lazily by :mod:`memgeo.geometry`; ``available()`` is False when numba is missing, and the
-numpy version is used.
+numpy versions are used.
 """
 from __future__ import annotations
 
@@ -394,3 +400,41 @@ if numba is not None:
                 if gn[s] < gtol:
                     active[s] = False
         return Vt, f
+
+
+if numba is not None:
+    _F32_HALF, _F32_ONE, _F32_FOUR, _F32_ZERO = (np.float32(0.5), np.float32(1.0),
+                                                  np.float32(4.0), np.float32(0.0))
+
+    # reassociation lets LLVM vectorise the u.y sum (it only decides restarts)
+    @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "nsz"})
+    def fista_update(u, y, d, dn, r32, lo, t, beta_c):
+        """In float32, per T (rows of the (b, n, M) arrays), the numpy iteration
+        u += r; dn = max(u + y, lo); y = dn - d; restart where u.y < 0;
+        t' = (1 + sqrt(1 + 4 t^2)) / 2; beta = min((t - 1) / t', beta_c); y = beta y + dn; t = t'
+        (u = -grad/L on entry: y G / (-L) from the BLAS product). The caller swaps d and dn."""
+        b, n, M = u.shape
+        for i in range(b):
+            bc = beta_c[i, 0]
+            for j in range(n):
+                dot = _F32_ZERO
+                for k in range(M):
+                    uk = u[i, j, k] + r32[i, j, k]
+                    v = uk + y[i, j, k]
+                    lk = lo[i, j, k]
+                    v = lk if v < lk else v                # (NaN propagates, as np.maximum)
+                    st = v - d[i, j, k]
+                    dot += uk * st
+                    dn[i, j, k] = v
+                    y[i, j, k] = st
+                tj = t[i, j]
+                tn = _F32_HALF * (_F32_ONE + np.sqrt(_F32_ONE + _F32_FOUR * tj * tj))
+                beta = (tj - _F32_ONE) / tn
+                if beta > bc:
+                    beta = bc
+                if dot < _F32_ZERO:                    # gradient restart
+                    beta = _F32_ZERO
+                    tn = _F32_ONE
+                for k in range(M):
+                    y[i, j, k] = y[i, j, k] * beta + dn[i, j, k]
+                t[i, j] = tn
