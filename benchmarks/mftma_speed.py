@@ -104,7 +104,7 @@ def main_row(P, M, N, n_t, seed, device=None):
     print(f"memgeo analyze: {t_mem:8.3f} s (median of {REPEATS} runs: "
           f"{' '.join(f'{t:.3f}' for _, t in runs)})")
     print(f"  peak extra memory: RSS {mem.rss_mb:.1f} MB, numpy (tracemalloc) "
-          f"{mem.traced_mb:.1f} MB; {g._cpu_workers(THREADS, device)} threads")
+          f"{mem.traced_mb:.1f} MB; {g._cpu_workers(THREADS)} threads")
     print(f"  capacity {res.capacity:.5f}  radius {res.radius:.4f}  dimension {res.dimension:.3f}"
           f"  rho_c {res.center_correlation:.4f}  K {res.K}  stages {res.diagnostics['n_stage']}"
           f"  max KKT {res.diagnostics['max_kkt']:.1e}")

@@ -765,11 +765,9 @@ def _remove_subspace(gram, X, center, Vb, inv_sc):
     return gram - A @ A.T
 
 
-def _cpu_workers(num_workers, device=None) -> int:
+def _cpu_workers(num_workers) -> int:
     """Threads for the per-manifold work: ``num_workers`` if given, else the CPUs this process
-    may use; 1 when a GPU does the solving."""
-    if device is not None and torch.device(device).type != "cpu":
-        return 1
+    may use."""
     if num_workers is None:
         try:
             num_workers = len(os.sched_getaffinity(0))
@@ -1935,10 +1933,11 @@ def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, dev
     max_rank, min_rank, n_restarts : limits of the K search (min_rank=0 lets K = 0 compete).
     basis : "gram" (default) or "qr" manifold coordinates (same law of every statistic).
     num_threads : CPU threads for the call (default: the CPUs this process may use). The
-        per-manifold work (Gram matrices, eigendecompositions, T, the per-T solves, statistics)
-        is split into that many groups of manifolds, one thread each with one BLAS thread,
-        and the center search runs beside it; results do not depend on the number. On a
-        machine shared with other jobs, 1 avoids threads waiting on each other.
+        per-manifold work (centers, Gram matrices, eigendecompositions, T, the per-T solves on
+        the CPU, statistics) is split into that many groups of manifolds, one thread each with
+        one BLAS thread, and the compiled center search runs beside the Gram products; results
+        do not depend on the number beyond the last bit. On a machine shared with other jobs,
+        1 avoids threads waiting on each other (BLAS and torch then use one thread too).
 
     Manifolds with one point (M = 1) are valid: S~ = [[0], [1]], giving the point capacity
     alpha_0(kappa), R = 0 and D = 0. Exact duplicate points are used once. A manifold whose
@@ -1951,7 +1950,10 @@ def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, dev
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    n_workers = _cpu_workers(num_threads, device)
+    n_workers = _cpu_workers(num_threads)
+    # batched solves on the CPU run per group of manifolds in the threads; the cvxopt oracle
+    # (which holds the GIL) and GPU solves run in one call, after the threads' preprocessing
+    split = solver == "batched" and (device is None or torch.device(device).type == "cpu")
 
     def steps_4_5(idx):            # per group of manifolds: finish step 3, sample T, solve
         S = [s for _, s in prep.finish(idx)]
@@ -1966,10 +1968,10 @@ def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, dev
         prep = _prepare(manifolds, pool, center_removal=center_removal, seed=seed,
                         max_rank=max_rank, min_rank=min_rank, n_restarts=n_restarts,
                         basis=basis)
-        groups = _split(prep.Ms.astype(np.float64) ** 2, pool.n if solver == "batched" else 1)
-        if solver == "batched":
+        groups = _split(prep.Ms.astype(np.float64) ** 2, pool.n if split else 1)
+        if split:
             parts = pool.map(steps_4_5, groups)
-    if solver != "batched":            # the cvxopt oracle holds the GIL: one thread, as it was
+    if not split:
         with outer:
             parts = [steps_4_5(groups[0])]
     pre = prep.result({int(i): s for idx, (S, _) in zip(groups, parts) for i, s in zip(idx, S)})
