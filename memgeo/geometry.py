@@ -59,12 +59,20 @@ slackness, stationarity) is computed explicitly from V = T + S~ lambda, never as
 is returned with the solution. ``solver="cvxopt"`` is the slow oracle (one cvxopt QP per T, as
 the public code), on the same preprocessing and the same T.
 
+On the CPU the work runs in threads (``num_threads``, default: every CPU the process may use):
+the per-manifold steps (centers, Gram matrices, coordinates, T, solves, statistics) are split
+into contiguous groups of manifolds, one thread each with one BLAS thread, and the center search
+(compiled with numba, :mod:`memgeo._jit`, so it releases the GIL) runs while the other threads
+compute the Gram matrices. Numbers do not depend on the thread count beyond the last bit (a
+batch of other T can round differently). Without numba the numpy twins of the compiled kernels
+run; they are slower and give the same results to rounding.
+
 Choices the reference leaves open (all parameters): K >= 1 whenever a rank can be removed
 (``min_rank=1``, as the public code; ``min_rank=0`` lets "no removal" compete), so P = 2 gives
-K = 0 and P = 3 gives K = 1 (collinear residual centers); manifold coordinates from the
-eigenbasis of the centered Gram matrix (``basis="gram"``; a rotation of the public code's QR
-basis, ``basis="qr"``, same law of every statistic; Gram eigenvalues below 1e-13 M x the largest
-count as flat directions); T drawn per manifold from the seed sequence (seed, manifold index);
+K = 0 and P = 3 gives K = 1 (collinear residual centers); manifold coordinates from a
+deflated Cholesky factor of the centered Gram matrix (``basis="gram"``; the eigenbasis where
+that is singular, with eigenvalues below 1e-13 M x the largest as flat directions; a rotation of
+the public code's QR basis, ``basis="qr"``, same law of every statistic); T drawn per manifold from the seed sequence (seed, manifold index);
 exact duplicate points used once; a point set with F = 0 for every T has capacity inf.
 
 Example::
@@ -757,6 +765,60 @@ def _dedupe_columns(X: np.ndarray, gram: np.ndarray) -> np.ndarray:
     return np.array([i for i in range(M) if i not in drop], dtype=np.int64)
 
 
+def _gram_eigen_coordinates(G: np.ndarray, D: int) -> np.ndarray:
+    """(b, D, M) coordinates from the eigendecompositions of a (b, M, M) stack of Gram matrices:
+    the D largest eigen-directions, scaled by sqrt(eigenvalue)."""
+    M = G.shape[-1]
+    w, U = np.linalg.eigh(G)
+    w, U = w[:, ::-1][:, :D], U[:, :, ::-1][:, :, :D]
+    # eigenvalues at the rounding level of the Gram product are flat directions (their
+    # coordinates would be ~sqrt(eps) noise instead of ~eps): set them to zero
+    w = np.where(w > _GRAM_RTOL * M * w[:, :1], w, 0.0)
+    return (U * np.sqrt(np.maximum(w, 0.0))[:, None, :]).transpose(0, 2, 1)
+
+
+def _gram_coordinates(G: np.ndarray, D: int) -> np.ndarray:
+    """Coordinates S (b, D, M) with S^T S = G for a (b, M, M) stack of centered Gram matrices
+    (points minus their own mean, so G 1 = 0).
+
+    With D = M (N > M): deflated Cholesky. The Householder reflection H that maps 1/sqrt(M) to
+    the first axis turns G into H G H = [[0, 0], [0, B]]; B = L L^T (Cholesky, M - 1 rows) and
+    S = [L^T H_(2:M); 0] (the last coordinate is the null direction 1, zero). That is about a
+    tenth of the cost of an eigendecomposition and continuous in the data (the frame H depends
+    on M only). Where B is singular or nearly so (a Cholesky pivot^2 below 1e-13 M x the largest
+    diagonal entry of G: duplicate points, points in fewer than M - 1 dimensions) and when
+    D < M (N <= M), the coordinates come from the eigendecomposition instead, with eigenvalues
+    at the rounding level set to zero (:func:`_gram_eigen_coordinates`). Either way S is the
+    points written in an orthonormal basis of their span (a rotation of the public code's QR
+    coordinates: same law of every statistic)."""
+    b, M, _ = G.shape
+    if D < M or M < 2:
+        return _gram_eigen_coordinates(G, D)
+    u = np.full(M, 1.0 / math.sqrt(M))
+    w = u.copy()
+    w[0] -= 1.0
+    H = np.eye(M) - (2.0 / (w @ w)) * np.outer(w, w)               # H u = e1, H = H^T = H^-1
+    B = np.matmul(np.matmul(H, G), H)[:, 1:, 1:]
+    top = np.max(np.diagonal(G, axis1=1, axis2=2), axis=1)
+    L = np.zeros_like(B)
+    ok = np.ones(b, dtype=bool)
+    try:
+        L[:] = np.linalg.cholesky(B)
+    except np.linalg.LinAlgError:                   # one at a time, to find the singular ones
+        for k in range(b):
+            try:
+                L[k] = np.linalg.cholesky(B[k])
+            except np.linalg.LinAlgError:
+                ok[k] = False
+    piv2 = np.min(np.diagonal(L, axis1=1, axis2=2), axis=1) ** 2
+    ok &= piv2 > _GRAM_RTOL * M * top
+    S = np.zeros((b, D, M))
+    S[:, :M - 1] = np.matmul(L.transpose(0, 2, 1), H[1:])
+    if not ok.all():
+        S[~ok] = _gram_eigen_coordinates(G[~ok], D)
+    return S
+
+
 def _remove_subspace(gram, X, center, Vb, inv_sc):
     """gram - A A^T, A = (X - c) Vb: the center subspace removed from a centered Gram matrix.
     A comes from the raw points (K columns, no centered copy of X), by the same arithmetic
@@ -880,7 +942,7 @@ class _Prepared:
 
     def finish(self, idx) -> list:
         """S~ for the manifolds ``idx``: remove the center subspace from their centered Gram
-        matrices (or points), coordinates from batched eigendecompositions (or QR), the
+        matrices (or points), coordinates from the Gram matrices (or QR), the
         center coordinate 1, duplicates dropped. Returns [(i, S_i)]."""
         N, cs, inv_sc = self.N, self.cs, self.inv_sc
         Vb = np.ascontiguousarray(cs.basis)                                   # N x K
@@ -899,14 +961,8 @@ class _Prepared:
                 Z = Xc - (Xc @ Vb) @ Vb.T if cs.K > 0 else Xc
                 Z = Z / self.cnorm[i]
                 coords[i] = np.linalg.qr(Z.T, mode="r") if N > M else Z.T
-        for M, items in by_M.items():                                       # batched eigh per M
-            D = M if N > M else N
-            w, U = np.linalg.eigh(np.stack([gm for _, gm in items]))
-            w, U = w[:, ::-1][:, :D], U[:, :, ::-1][:, :, :D]
-            # eigenvalues at the rounding level of the Gram product are flat directions (their
-            # coordinates would be ~sqrt(eps) noise instead of ~eps): set them to zero
-            w = np.where(w > _GRAM_RTOL * M * w[:, :1], w, 0.0)
-            cs_ = (U * np.sqrt(np.maximum(w, 0.0))[:, None, :]).transpose(0, 2, 1)   # (b, D, M)
+        for M, items in by_M.items():                                       # batched per M
+            cs_ = _gram_coordinates(np.stack([gm for _, gm in items]), M if N > M else N)
             for (i, _), c in zip(items, cs_):
                 coords[i] = c
         out = []
@@ -1017,9 +1073,10 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
     """Steps 1-3 of the method: global centering, center correlation and low-rank removal,
     per-manifold normalisation, coordinates in a basis of the manifold's span, center coordinate.
 
-    ``basis="gram"`` (default) uses the eigenbasis of the manifold's centered Gram matrix (M x M,
-    one BLAS-3 product per manifold, all eigendecompositions batched); ``basis="qr"`` the R factor
-    of a Householder QR of the centered (N x M) points as in the public code. The two differ by a
+    ``basis="gram"`` (default) factors the manifold's centered Gram matrix (M x M, one BLAS-3
+    product per manifold; batched deflated Cholesky, see :func:`_gram_coordinates`);
+    ``basis="qr"`` the R factor of a Householder QR of the centered (N x M) points as in the
+    public code. The two differ by a
     rotation of the D manifold coordinates only, which leaves the law of every statistic
     unchanged (T is isotropic). D = M when N > M (public code), else D = N.
     Exact duplicate points are dropped after the center is computed (they change neither the

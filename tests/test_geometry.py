@@ -282,6 +282,38 @@ def test_gram_and_qr_bases_are_rotations():
         np.testing.assert_allclose(g.solve_f(Sg, T).F, g.solve_f(Sq, Tq).F, atol=1e-8)
 
 
+def test_gram_coordinates_cholesky_and_eigen_paths(monkeypatch):
+    rng = np.random.default_rng(11)
+    eig_calls = []
+    real = g._gram_eigen_coordinates
+    monkeypatch.setattr(g, "_gram_eigen_coordinates",
+                        lambda G, D: eig_calls.append(len(G)) or real(G, D))
+
+    def centered_gram(Z):
+        Zc = Z - Z.mean(0)
+        return Zc @ Zc.T
+
+    generic = [centered_gram(rng.standard_normal((12, 40))) for _ in range(3)]
+    dup = rng.standard_normal((12, 40))
+    dup[5] = dup[2]                                          # a duplicate point: B is singular
+    flat = rng.standard_normal((12, 3)) @ rng.standard_normal((3, 40))     # 3-dim points
+    G = np.stack(generic + [centered_gram(dup), centered_gram(flat)])
+    S = g._gram_coordinates(G, 12)
+    assert eig_calls == [2]                                  # only the two singular ones
+    for Sk, Gk in zip(S, G):
+        np.testing.assert_allclose(Sk.T @ Sk, Gk, atol=1e-12 * np.abs(Gk).max())
+    assert np.all(S[:3, -1] == 0.0)                          # the null direction 1
+    assert np.linalg.matrix_rank(S[4]) == 3
+    # continuous in the data (no pivoting): a tiny change moves the coordinates a little
+    S2 = g._gram_coordinates(G[:3] * (1 + 1e-9) + 1e-12 * np.eye(12)[None] - 1e-12 / 12, 12)
+    np.testing.assert_allclose(S2, S[:3], atol=1e-7)
+    # fewer features than points: D = N coordinates from the eigendecomposition
+    Z = rng.standard_normal((12, 5))
+    Sn = g._gram_coordinates(centered_gram(Z)[None], 5)[0]
+    assert Sn.shape == (5, 12)
+    np.testing.assert_allclose(Sn.T @ Sn, centered_gram(Z), atol=1e-12)
+
+
 def test_estimators_public_and_textbook():
     S = g.simplex_points(6)
     pub = g.capacity_from_points(S, n_t=4000, seed=0)
