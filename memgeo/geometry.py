@@ -112,6 +112,9 @@ __all__ = [
 ]
 
 _INTERIOR_EPS = 1e-8          # ||V - T|| below this: interior T (as the public code)
+# Bumped whenever analyze's numbers for the same input and seed change beyond rounding (cached
+# geometry results are keyed by it). 2: deflated-Cholesky coordinates, compiled center search.
+ENGINE_VERSION = 2
 _GRAM_RTOL = 1e-13            # Gram eigenvalues below this x M x largest count as zero
 _DTYPE = torch.float64
 _NUMPY_ON_CPU = True          # CPU: numpy stage 1 and checks; False runs the torch (GPU) code

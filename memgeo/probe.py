@@ -26,7 +26,7 @@ import torch
 
 from .config import ConfigError, ProbeConfig
 from .data import LabelledData, derived_seed
-from .geometry import RandomProjection, analyze
+from .geometry import ENGINE_VERSION, RandomProjection, analyze
 from .models import BlockNet
 from .train import Run, atomic_write_text
 
@@ -117,8 +117,11 @@ class Probe:
 
 
 def probe_hash(probe: ProbeConfig, seed: int) -> str:
+    """Key of the cached geometry: the probe's settings, the seed and the engine version (results
+    of an engine that gives other numbers are not reused)."""
     d = {k: getattr(probe, k) for k in ("P", "M", "n_t", "kappa", "proj_dim")}
     d["seed"] = seed
+    d["engine"] = ENGINE_VERSION
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -81,3 +81,13 @@ def test_geometry_table_is_cached_and_tidy(cifar_root, tmp_path, monkeypatch):
     assert s2.equals(s)
     with pytest.raises(ConfigError, match="no checkpoint"):
         select_epochs(run, ProbeConfig(P=3, M=5, epochs="0,7"))
+
+
+def test_cached_geometry_is_keyed_by_engine_version(monkeypatch):
+    # results of an engine that gives other numbers must not be reused
+    from memgeo import probe as probe_mod
+    p = ProbeConfig()
+    a = probe_mod.probe_hash(p, 0)
+    assert a == probe_mod.probe_hash(p, 0) and a != probe_mod.probe_hash(p, 1)
+    monkeypatch.setattr(probe_mod, "ENGINE_VERSION", probe_mod.ENGINE_VERSION + 1)
+    assert probe_mod.probe_hash(p, 0) != a
