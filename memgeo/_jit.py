@@ -254,6 +254,14 @@ if numba is not None:
                         out[s, i, m] -= c * Vt[s, j, m]
 
     @_jit
+    def _trial(Yt, Vt, rg, s, ts):
+        """Yt[s] = Vt[s] - ts rg[s]: the point to retract for step length ts."""
+        K, r = Vt.shape[1], Vt.shape[2]
+        for k in range(K):
+            for j in range(r):
+                Yt[s, k, j] = Vt[s, k, j] - ts * rg[s, k, j]
+
+    @_jit
     def stiefel_minimize(Vt0, X, max_iter, gtol, cancel_max):
         """The loop of geometry._stiefel_minimize on transposed bases Vt0 (b, K, r).
         Returns (Vt (b, K, r), cost (b,))."""
@@ -303,10 +311,7 @@ if numba is not None:
             for a in range(na):
                 s = idx[a]
                 t[s] = step[s]
-                ts = t[s]
-                for k in range(K):
-                    for j in range(r):
-                        Yt[s, k, j] = Vt[s, k, j] - ts * rg[s, k, j]
+                _trial(Yt, Vt, rg, s, t[s])
             sl = t * gn
             _retract(Yt, idx, sl, Vn)
             _cost_grad_lr(Vn, idx, X, XT, X2, G, GG, diag, fn, Gn, cancel_max)
@@ -331,10 +336,7 @@ if numba is not None:
                     for a in range(pend.shape[0]):
                         s = pend[a]
                         t[s] *= 0.3
-                        ts = t[s]
-                        for k in range(K):
-                            for j in range(r):
-                                Yt[s, k, j] = Vt[s, k, j] - ts * rg[s, k, j]
+                        _trial(Yt, Vt, rg, s, t[s])
                     sl = t * gn
                     _retract(Yt, pend, sl, Vp)
                     _cost_grad_lr(Vp, pend, X, XT, X2, G, GG, diag, fp, Gp, cancel_max)
