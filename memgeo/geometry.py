@@ -72,8 +72,8 @@ Choices the reference leaves open (all parameters): K >= 1 whenever a rank can b
 K = 0 and P = 3 gives K = 1 (collinear residual centers); manifold coordinates from a
 deflated Cholesky factor of the centered Gram matrix (``basis="gram"``; the eigenbasis where
 that is singular, with eigenvalues below 1e-13 M x the largest as flat directions; a rotation of
-the public code's QR basis, ``basis="qr"``, same law of every statistic); T drawn per manifold from the seed sequence (seed, manifold index);
-exact duplicate points used once; a point set with F = 0 for every T has capacity inf.
+the public code's QR basis, ``basis="qr"``, same law of every statistic); T drawn per manifold
+from the seed sequence (seed, manifold index); exact duplicate points used once; a point set with F = 0 for every T has capacity inf.
 
 Example::
 
@@ -115,11 +115,11 @@ _INTERIOR_EPS = 1e-8          # ||V - T|| below this: interior T (as the public 
 # Bumped whenever analyze's numbers for the same input and seed change beyond rounding (cached
 # geometry results are keyed by it). 2: deflated-Cholesky coordinates, compiled center search.
 ENGINE_VERSION = 2
-_GRAM_RTOL = 1e-13            # Gram eigenvalues below this x M x largest count as zero
+_GRAM_RTOL = 1e-13            # Gram eigenvalues (pivots^2) below this x M x largest count as zero
 _DTYPE = torch.float64
 _NUMPY_ON_CPU = True          # CPU: numpy stage 1 and checks; False runs the torch (GPU) code
 _JIT = True                   # compiled kernels (memgeo._jit, numba) when numba is installed
-_FISTA_CHUNK = 200_000
+_FISTA_CHUNK = 200_000        # T x points per float32 stage-1 chunk (~1 MB arrays, cache-sized)
 ESTIMATORS = ("public", "textbook")
 SOLVERS = ("batched", "cvxopt")
 
