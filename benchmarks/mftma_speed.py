@@ -104,12 +104,12 @@ def main_row(P, M, N, n_t, seed, device=None):
     print(f"memgeo analyze: {t_mem:8.3f} s (median of {REPEATS} runs: "
           f"{' '.join(f'{t:.3f}' for _, t in runs)})")
     print(f"  peak extra memory: RSS {mem.rss_mb:.1f} MB, numpy (tracemalloc) "
-          f"{mem.traced_mb:.1f} MB; {g._cpu_workers(THREADS)} threads")
+          f"{mem.traced_mb:.1f} MB; threads: {g._cpu_workers(THREADS)}")
     print(f"  capacity {res.capacity:.5f}  radius {res.radius:.4f}  dimension {res.dimension:.3f}"
           f"  rho_c {res.center_correlation:.4f}  K {res.K}  stages {res.diagnostics['n_stage']}"
           f"  max KKT {res.diagnostics['max_kkt']:.1e}")
     # split: preprocessing vs per-T solving, each timed alone (analyze overlaps parts of them)
-    pre, t_pre = timed(lambda: g.preprocess(data, seed=seed))
+    pre, t_pre = timed(lambda: g.preprocess(data, seed=seed, num_workers=THREADS))
     T = g.sample_t([s.shape[0] for s in pre.S], n_t, seed)
     _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device))
     print(f"  alone: preprocessing {t_pre:.3f} s (center search {len(pre.centers.residual_by_K)}"
@@ -147,7 +147,7 @@ def scaling_rows(rows, M, n_t, seed, oracle_T, device=None, label=""):
                                  for _ in range(3)]))
         with PeakRSS() as mem:
             g.analyze(data, n_t=n_t, seed=seed, device=device, num_threads=THREADS)
-        pre, t_pre = timed(lambda: g.preprocess(data, seed=seed))
+        pre, t_pre = timed(lambda: g.preprocess(data, seed=seed, num_workers=THREADS))
         T = g.sample_t([s.shape[0] for s in pre.S], n_t, seed)
         _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device))
         t_o = 0.0

@@ -64,8 +64,10 @@ the per-manifold steps (centers, Gram matrices, coordinates, T, solves, statisti
 into contiguous groups of manifolds, one thread each with one BLAS thread, and the center search
 (compiled with numba, :mod:`memgeo._jit`, so it releases the GIL) runs while the other threads
 compute the Gram matrices. Numbers do not depend on the thread count beyond the last bit (a
-batch of other T can round differently). Without numba the numpy twins of the compiled kernels
-run; they are slower and give the same results to rounding.
+batch of other T can round differently). The first call after installation compiles the
+kernels (about 15 s on 2 cores; numba caches them next to the module, later processes load them
+in well under a second). Without numba the numpy twins of the compiled kernels run; they are
+slower and give the same results to rounding.
 
 Choices the reference leaves open (all parameters): K >= 1 whenever a rank can be removed
 (``min_rank=1``, as the public code; ``min_rank=0`` lets "no removal" compete), so P = 2 gives

@@ -537,6 +537,21 @@ def test_solver_with_and_without_compiled_kernels(monkeypatch):
         assert a.kkt.max() <= 1e-12 and b.kkt.max() <= 1e-12
 
 
+def test_analyze_without_numba_gives_the_same_geometry(monkeypatch):
+    # the numpy twins (used when numba is missing) against the compiled kernels, end to end, on
+    # planted centers (a well-defined center subspace). The two searches stop at gradient norm
+    # 1e-6 at slightly different points: agreement to ~1e-6, not to rounding
+    ms = _planted(12, 2, seed=7)
+    ref = g.analyze(ms, n_t=80, seed=2, return_per_t=True)
+    monkeypatch.setattr(g, "_JIT", False)
+    r = g.analyze(ms, n_t=80, seed=2, return_per_t=True)
+    assert r.K == ref.K == 2
+    for key, val in ref.as_dict().items():
+        assert r.as_dict()[key] == pytest.approx(val, rel=5e-6, abs=1e-12), key
+    for a, b in zip(r.per_t, ref.per_t):
+        np.testing.assert_allclose(a.F, b.F, rtol=1e-5, atol=1e-6)
+
+
 def test_compiled_retraction_equals_householder():
     from memgeo import _jit as jit
     rng = np.random.default_rng(8)
