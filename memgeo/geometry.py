@@ -1958,19 +1958,24 @@ class _threads:
             raise ValueError("num_threads must be >= 1")
 
     def __enter__(self):
+        # Load scipy's BLAS (the compiled kernels call it) before limiting, so it is limited too.
+        # BLAS/OpenMP limits are taken before torch's, and restored before torch's: torch's
+        # thread count is OpenMP's, and a limit recorded after torch.set_num_threads would
+        # restore the lowered value.
+        import scipy.linalg  # noqa: F401
         self.old = torch.get_num_threads()
-        torch.set_num_threads(self.n)
         try:
             from threadpoolctl import threadpool_limits
             self.tp = threadpool_limits(self.n)
         except ImportError:
             self.tp = None
+        torch.set_num_threads(self.n)
         return self
 
     def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
         if self.tp is not None:
             self.tp.restore_original_limits()
+        torch.set_num_threads(self.old)
         return False
 
 

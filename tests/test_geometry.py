@@ -592,6 +592,24 @@ def test_results_do_not_depend_on_the_thread_count():
         g.preprocess(ms, num_workers=0)
 
 
+def test_analyze_restores_torch_and_blas_threads():
+    # the thread pool limits BLAS and torch to one thread per worker; afterwards both are back
+    # (torch's count is OpenMP's: a wrong restore order used to leave torch at 1 thread)
+    from threadpoolctl import threadpool_info
+    ms = _gauss_manifolds(4, 6, 30, seed=3)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g.analyze(ms, n_t=10)                          # loads every BLAS the kernels use
+        before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+        for nt in (None, 1, 2, 3):
+            g.analyze(ms, n_t=10, num_threads=nt)
+            assert torch.get_num_threads() == 2, nt
+            assert {i["filepath"]: i["num_threads"] for i in threadpool_info()} == before, nt
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_split_groups_are_contiguous_and_balanced():
     groups = g._split(np.ones(10), 3)
     assert [x.tolist() for x in groups] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
