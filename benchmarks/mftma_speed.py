@@ -111,9 +111,10 @@ def main_row(P, M, N, n_t, seed, device=None):
     # split: preprocessing vs per-T solving, each timed alone (analyze overlaps parts of them)
     pre, t_pre = timed(lambda: g.preprocess(data, seed=seed, num_workers=THREADS))
     T = g.sample_t([s.shape[0] for s in pre.S], n_t, seed)
-    _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device))
+    with g._threads(1):             # one thread, like the oracle's per-T loop
+        _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device))
     print(f"  alone: preprocessing {t_pre:.3f} s (center search {len(pre.centers.residual_by_K)}"
-          f" ranks), per-T solve + statistics {t_solve:.3f} s (no thread split)")
+          f" ranks), per-T solve + statistics {t_solve:.3f} s in one thread")
     orc, t_orc = timed(lambda: g.analyze(data, n_t=n_t, seed=seed, solver="cvxopt",
                                          return_per_t=True))
     F_m = np.concatenate([p.F for p in res.per_t])
@@ -138,6 +139,7 @@ def scaling_rows(rows, M, n_t, seed, oracle_T, device=None, label=""):
           "extrapolated to all P*n_t T (+ the same preprocessing) ==")
     print("(RSS MB: growth of the resident set during the call, a lower bound once earlier rows"
           " have grown the heap; numpy MB: tracemalloc peak of numpy allocations)")
+    print("(prep s: preprocess() alone; solve s: solve + statistics alone, in one thread)")
     print(f"{'P':>5} {'N':>6} {'memgeo s':>9} {'prep s':>7} {'solve s':>8} {'RSS MB':>7} "
           f"{'numpy MB':>8} {'oracle s (extrap.)':>19} {'ratio':>7}")
     for P, N in rows:
@@ -149,7 +151,8 @@ def scaling_rows(rows, M, n_t, seed, oracle_T, device=None, label=""):
             g.analyze(data, n_t=n_t, seed=seed, device=device, num_threads=THREADS)
         pre, t_pre = timed(lambda: g.preprocess(data, seed=seed, num_workers=THREADS))
         T = g.sample_t([s.shape[0] for s in pre.S], n_t, seed)
-        _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device))
+        with g._threads(1):
+            _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device))
         t_o = 0.0
         for s, t in zip(pre.S, T):
             t_o += timed(lambda: g.solve_f_cvxopt(s, t[:oracle_T]))[1]
