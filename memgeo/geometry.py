@@ -97,6 +97,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -907,7 +908,6 @@ class _Drain:
     """Per-manifold tasks taken in order by whichever thread is free (a shared counter)."""
 
     def __init__(self, fn, n_tasks: int):
-        import threading
         self.fn, self.n = fn, int(n_tasks)
         self.next = 0
         self.lock = threading.Lock()
@@ -1025,9 +1025,19 @@ def _prepare(manifolds, pool: _Pool, *, center_removal: bool, seed: int, max_ran
     C = centers - mu
     grams, keeps = [None] * P, [None] * P
 
+    local = threading.local()                          # a centered-points buffer per thread
+
     def centered_gram(i):
         X = _as_numpy(ms[i])
-        Xc = X - centers[i][None, :] if inv_sc == 1.0 else X * inv_sc - centers[i][None, :]
+        buf = getattr(local, "buf", None)
+        if buf is None or buf.shape[0] < X.shape[0]:
+            buf = local.buf = np.empty((int(Ms.max()), N))
+        Xc = buf[:X.shape[0]]
+        if inv_sc == 1.0:
+            np.subtract(X, centers[i][None, :], out=Xc)
+        else:
+            np.multiply(X, inv_sc, out=Xc)
+            Xc -= centers[i][None, :]
         with np.errstate(over="ignore", invalid="ignore"):   # checked just below
             g = Xc @ Xc.T
         if not np.isfinite(g).all():
@@ -1053,15 +1063,17 @@ def _prepare(manifolds, pool: _Pool, *, center_removal: bool, seed: int, max_ran
             cs = CenterSubspace(rho, 0, np.zeros((N, 0)), rho, ())
         if cs.K > 0:
             found["Vb"] = np.ascontiguousarray(cs.basis)
+        # residual center norms (while the other threads still compute Gram matrices)
+        Vb = np.ascontiguousarray(cs.basis)                              # N x K
+        Cc = C - (C @ Vb) @ Vb.T if cs.K > 0 else C
+        cnorm = np.linalg.norm(Cc, axis=1)
+        scale = float(np.max(np.linalg.norm(C, axis=1)))
+        del Cc
     finally:
         drain()                                       # the calling thread joins the Gram work
         for w in waits:
             w()
     drain.raise_first()                               # a manifold's error, lowest index first
-    Vb = np.ascontiguousarray(cs.basis)                                  # N x K
-    Cc = C - (C @ Vb) @ Vb.T if cs.K > 0 else C
-    cnorm = np.linalg.norm(Cc, axis=1)
-    scale = float(np.max(np.linalg.norm(C, axis=1)))
     for i in range(P):
         if not cnorm[i] > 1e-12 * max(scale, 1e-300):
             raise ValueError(
