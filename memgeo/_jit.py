@@ -403,8 +403,6 @@ if numba is not None:
                     active[s] = False
         return Vt, f
 
-
-if numba is not None:
     _F32_HALF, _F32_ONE, _F32_FOUR, _F32_ZERO = (np.float32(0.5), np.float32(1.0),
                                                   np.float32(4.0), np.float32(0.0))
 

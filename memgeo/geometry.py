@@ -800,9 +800,8 @@ def _gram_coordinates(G: np.ndarray, D: int) -> np.ndarray:
     b, M, _ = G.shape
     if D < M or M < 2:
         return _gram_eigen_coordinates(G, D)
-    u = np.full(M, 1.0 / math.sqrt(M))
-    w = u.copy()
-    w[0] -= 1.0
+    w = np.full(M, 1.0 / math.sqrt(M))
+    w[0] -= 1.0                                                    # u - e1, u = 1 / sqrt(M)
     H = np.eye(M) - (2.0 / (w @ w)) * np.outer(w, w)               # H u = e1, H = H^T = H^-1
     B = np.matmul(np.matmul(H, G), H)[:, 1:, 1:]
     top = np.max(np.diagonal(G, axis1=1, axis2=2), axis=1)
@@ -1061,10 +1060,10 @@ def _prepare(manifolds, pool: _Pool, *, center_removal: bool, seed: int, max_ran
         else:
             rho = center_correlation(C)
             cs = CenterSubspace(rho, 0, np.zeros((N, 0)), rho, ())
-        if cs.K > 0:
-            found["Vb"] = np.ascontiguousarray(cs.basis)
-        # residual center norms (while the other threads still compute Gram matrices)
         Vb = np.ascontiguousarray(cs.basis)                              # N x K
+        if cs.K > 0:
+            found["Vb"] = Vb
+        # residual center norms (while the other threads still compute Gram matrices)
         Cc = C - (C @ Vb) @ Vb.T if cs.K > 0 else C
         cnorm = np.linalg.norm(Cc, axis=1)
         scale = float(np.max(np.linalg.norm(C, axis=1)))
@@ -1336,6 +1335,7 @@ def _fista_mixed_chunk(G, bh, x, T2, kdw, negL, beta_c, valid, tol, k2, rounds):
     Gs = (G * negL).astype(np.float32)                  # -G / L
     r32, lo = np.empty(shp, np.float32), np.empty(shp, np.float32)
     d, y, dn, u = (np.empty(shp, np.float32) for _ in range(4))
+    fused = _jit_kernel("fista_update")
     for rnd in range(len(rounds) + 1):
         np.matmul(x, G, out=slack)
         slack += bh
@@ -1359,7 +1359,6 @@ def _fista_mixed_chunk(G, bh, x, T2, kdw, negL, beta_c, valid, tol, k2, rounds):
             y -= d
             y[conv] = 0.0
         d.fill(0.0)
-        fused = _jit_kernel("fista_update")
         for _ in range(rounds[rnd]):
             np.matmul(y, Gs, out=u)
             if fused is not None:                           # the same update, compiled
