@@ -18,8 +18,10 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from .config import RunConfig
 from .data import LabelledData, augment, derived_seed, load_data
 from .models import BlockNet, build_model
 from .paths import runs_dir as default_runs_dir
+from .precision import native_bf16_cpu
 
 METRIC_COLUMNS = ["epoch", "train_loss", "lr", "acc_unpermuted", "acc_permuted_train",
                   "acc_permuted_true", "acc_test", "seconds"]
@@ -136,6 +139,7 @@ class Run:
 
     path: Path
     config: RunConfig
+    trained_now: int = 0    # epochs trained by the call that returned this Run (0: reused)
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -249,24 +253,65 @@ def train_one_epoch(model, opt, data: LabelledData, cfg: RunConfig, epoch: int, 
     return total / count
 
 
+@contextmanager
+def run_lock(path: Path, announce: bool = True):
+    """Hold the lock of run folder `path` (a file beside it): one process at a time trains, heals
+    or cleans up a run; another asking for the same run waits, then finds it done and reuses it."""
+    from filelock import FileLock, Timeout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if announce:
+            print(f"[memgeo] run {path.name} is being trained by another process: waiting for it",
+                  file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
           stop_after: int | None = None) -> Run:
     """Train `cfg` (or reuse/resume its run folder) and return the Run.
 
-    `stop_after` ends after that many new epochs (as a kill would): for tests of resuming.
+    Safe to call from several processes at once for the same config: they take turns through the
+    run's lock, and only the first trains. `stop_after` ends after that many new epochs (as a kill
+    would): for tests of resuming. The returned Run's `trained_now` counts the epochs trained here.
     """
+    cfg = cfg.resolved()    # precision "auto" -> what this machine trains in (named by the hash)
     path = run_path(cfg, runs_dir)
+    done = finished_run(path)
+    if done is not None:
+        return done
     device = resolve_device(cfg.device)
-    if cfg.precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn("precision='bf16' on a CPU without native bfloat16 support is slower than fp32: "
-                      "pass --set precision=fp32 (this changes the run, and so its folder)", RuntimeWarning)
-    # Everything that can fail on bad input happens before the run folder exists.
+    if cfg.precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
+        warnings.warn("precision='bf16' on a CPU without native bfloat16 support is about 10x slower "
+                      "than fp32: use precision=fp32 or auto (this changes the run, and so its folder)",
+                      RuntimeWarning)
+    # Everything that can fail on bad input happens before anything is written.
     data = load_data(cfg, data_root, device)
-    model = build_model(cfg, data.num_classes)
-    if path.exists() and (path / "last.pt").exists():
+    with run_lock(path, announce=progress):
+        done = finished_run(path)   # another process may have trained it while this one waited
+        if done is not None:
+            return done
+        return _train_locked(cfg, path, data, device, progress, stop_after)
+
+
+def finished_run(path: Path) -> Run | None:
+    """The run in folder `path` if it has finished training, else None."""
+    if (path / "last.pt").exists() and (path / "metrics.csv").exists():
         run = open_run(path)
         if run.done:
             return run
+    return None
+
+
+def _train_locked(cfg: RunConfig, path: Path, data: LabelledData, device, progress: bool,
+                  stop_after: int | None) -> Run:
+    model = build_model(cfg, data.num_classes)
     # channels_last: about 1.6x faster convolutions on the CPU here, and the fast path on GPUs.
     model.to(device, memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
@@ -323,7 +368,9 @@ def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
                             memorized=f"{row['acc_permuted_train']:.2f}")
     if bar is not None:
         bar.close()
-    return open_run(path)
+    run = open_run(path)
+    run.trained_now = len(history) - 1 - start
+    return run
 
 
 def _save_epoch(path: Path, cfg: RunConfig, model, opt, history, epoch: int, best, keep: set) -> None:
