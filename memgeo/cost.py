@@ -1,0 +1,74 @@
+"""What a run costs: training FLOPs per image, measured throughput, time per run.
+
+For planning a scale no machine at hand can run (the `paper` preset on a GPU), the time per run is
+estimated from FLOPs: counted exactly for one forward pass of the model (training ~ 3x forward:
+the backward pass costs about twice the forward), then divided by a sustained rate that is an
+assumption and is always stated next to the estimate.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from .config import RunConfig
+from .models import IMAGE_SIZE, NUM_CLASSES, build_model
+
+TRAIN_FLOPS_PER_FORWARD = 3.0
+
+
+def images_per_epoch(cfg: RunConfig) -> int:
+    """Training images per epoch (the full training split when train_per_class = 0)."""
+    full = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_000}[cfg.dataset]
+    return full if cfg.train_per_class == 0 else min(full, cfg.train_per_class * NUM_CLASSES[cfg.dataset])
+
+
+def forward_flops_per_image(cfg: RunConfig) -> float:
+    """FLOPs of one forward pass of one image (multiply-adds count 2), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = build_model(replace(cfg, precision="fp32")).eval()
+    size = IMAGE_SIZE[cfg.dataset]
+    x = torch.zeros(1, 3, size, size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def measure_images_per_second(cfg: RunConfig, batch: int = 16, steps: int = 2) -> float:
+    """Training images per second of `cfg`'s model on this CPU (fp32, channels_last, Adam or SGD
+    as configured), from `steps` timed steps after one warm-up step on random data."""
+    model = build_model(replace(cfg, precision="fp32")).to(memory_format=torch.channels_last)
+    size = IMAGE_SIZE[cfg.dataset]
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, NUM_CLASSES[cfg.dataset], (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    times = []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t)
+    return batch / (sum(times) / len(times))
+
+
+def run_cost(cfg: RunConfig, measure: bool = True, gpu_tflops: tuple[float, float] = (50.0, 200.0)) -> dict:
+    """Images, FLOPs and time of training `cfg` once: measured on this CPU (extrapolated from a few
+    steps) and estimated for a GPU sustaining `gpu_tflops` (an assumption, low and high)."""
+    fwd = forward_flops_per_image(cfg)
+    images = images_per_epoch(cfg) * cfg.epochs
+    total = fwd * TRAIN_FLOPS_PER_FORWARD * images
+    out = {"model": cfg.model, "width": cfg.width, "dataset": cfg.dataset, "epochs": cfg.epochs,
+           "images": images, "train_gflops_per_image": fwd * TRAIN_FLOPS_PER_FORWARD / 1e9,
+           "total_pflops": total / 1e15,
+           "gpu_hours_low": total / (gpu_tflops[1] * 1e12) / 3600,
+           "gpu_hours_high": total / (gpu_tflops[0] * 1e12) / 3600}
+    if measure:
+        ips = measure_images_per_second(cfg)
+        out.update(cpu_images_per_s=ips, cpu_tflops=ips * fwd * TRAIN_FLOPS_PER_FORWARD / 1e12,
+                   cpu_hours=images / ips / 3600)
+    return out
