@@ -643,7 +643,7 @@ def plot_heatmaps(table: pd.DataFrame, metric: str = "acc_test", modes=MODES, ma
         for i in range(t.shape[0]):
             for j in range(t.shape[1]):
                 v = t.values[i, j]
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
                         color="white" if v < (vmin + vmax) / 2 else "black")
         if mark_epoch is not None and mark_epoch in list(t.columns):
             j = list(t.columns).index(mark_epoch)
