@@ -622,13 +622,15 @@ def maini_summary(table: pd.DataFrame, run: Run, epoch: int | None = None, thres
 
 def plot_heatmaps(table: pd.DataFrame, metric: str = "acc_test", modes=MODES, mark_epoch: int | None = None,
                   title: str = "", cmap: str = "viridis", axes=None):
-    """Heat maps of `metric` over (layer) x (rewind epoch), one panel per mode."""
+    """Heat maps of `metric` over (layer) x (rewind epoch), one panel per mode, stacked at the
+    book's column width (or into the given `axes`)."""
     import matplotlib.pyplot as plt
+    from .plots import figure
     modes = [m for m in modes if m in set(table["mode"])]
     if axes is None:
-        fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.6), squeeze=False,
-                                 layout="constrained")
-        axes = axes[0]
+        n_layers = table["layer"].nunique()
+        fig, axes = figure(len(modes), 1, panel_height=0.3 * n_layers + 1.1, squeeze=False)
+        axes = axes[:, 0]
     fig = axes[0].figure
     vmin, vmax = table[metric].min(), table[metric].max()
     for ax, mode in zip(axes, modes):
@@ -637,32 +639,32 @@ def plot_heatmaps(table: pd.DataFrame, metric: str = "acc_test", modes=MODES, ma
         ax.set_xticks(range(t.shape[1]), [str(e) for e in t.columns])
         labels = [l for _, l in t.index]
         ax.set_yticks(range(t.shape[0]), labels)
-        ax.set_ylabel("rewound layer" if mode == "single" else "first rewound layer (to the output)")
+        ax.set_ylabel("rewound layer" if mode == "single" else "first rewound layer")
         for i in range(t.shape[0]):
             for j in range(t.shape[1]):
                 v = t.values[i, j]
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
                         color="white" if v < (vmin + vmax) / 2 else "black")
         if mark_epoch is not None and mark_epoch in list(t.columns):
             j = list(t.columns).index(mark_epoch)
-            ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, t.shape[0], fill=False, ec="red", lw=1.5))
+            ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, t.shape[0], fill=False, ec="red", lw=2))
         ax.set_xlabel("rewind epoch")
         ax.set_title(f"{mode}" + (" (layer alone)" if mode == "single" else " (layer to output)"))
-    fig.colorbar(im, ax=list(axes), label=metric, shrink=0.9)
+    fig.colorbar(im, ax=list(axes), label=metric.replace("_", " "), shrink=0.9)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title)
     return fig
 
 
 def plot_at_epoch(table: pd.DataFrame, run: Run, epoch: int | None = None, axes=None):
     """Test accuracy and memorization after rewinding each layer (single, cumulative) to `epoch`,
-    with reference lines for the final and the peak (checkpoint) values."""
-    import matplotlib.pyplot as plt
+    with reference lines for the final and the peak (checkpoint) values; one legend below."""
+    from .plots import figure, shared_legend
     ref = reference(run, int(table["final_epoch"].iloc[0]))
     epoch = ref["peak_epoch"] if epoch is None else epoch
     m = run.metrics.set_index("epoch")
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+        fig, axes = figure(1, 2, panel_height=3.0)
     fig = axes[0].figure
     t = table[table["epoch"] == epoch]
     for ax, metric, what in ((axes[0], "acc_test", "test accuracy"),
@@ -680,5 +682,5 @@ def plot_at_epoch(table: pd.DataFrame, run: Run, epoch: int | None = None, axes=
         ax.set_xlabel("rewound layer (cumulative: first of them)")
         ax.set_ylabel(what)
         ax.tick_params(axis="x", rotation=30)
-    axes[0].legend(fontsize=8)
+    shared_legend(fig, axes, ncol=2)
     return fig

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Browser check of the built book (issue 8).
+r"""Browser check of the built book (issues 8 and 15).
 
 Loads every page of the built HTML book in headless Chromium, saves one PNG screenshot per page
 and fails (exit 1, with a report listing page and problem) when a page has
@@ -13,16 +13,20 @@ and fails (exit 1, with a report listing page and problem) when a page has
   ``:::{figure}``, other ``{role}`...`` roles);
 * a notebook error output (``.output.error``, ``.traceback``, ``highlight-ipythontb`` elements,
   or ``Traceback (most recent call last)`` in the text);
-* a page listed in the book's ``_toc.yml`` that was not built.
+* a page listed in the book's ``_toc.yml`` that was not built;
+* (in the browser) math left untypeset (``\(`` or ``\[`` in the visible text: MathJax did not
+  run), a JavaScript exception, or a request to the network (the page must not depend on one).
 
 Pages checked: every page reachable from ``index.html`` (following its meta refresh) through
 internal links to ``.html`` files, plus every page listed in the ``_toc.yml`` found next to the
 build (``<html>/../../_toc.yml``, or ``--toc``).
 
 The browser is driven through the Chrome DevTools Protocol over ``--remote-debugging-pipe``
-(standard library only: no Selenium, no chromedriver, no websocket package). Requests to
-http(s) URLs are blocked (this machine has no internet; the pages must not depend on it); they
-are listed as notes, not failures.
+(standard library only: no Selenium, no chromedriver, no websocket package). It runs without
+network access whatever the machine has: every request goes to a proxy that does not exist
+(``--proxy-server``, loopback excepted) and requests to http(s) and ws(s) URLs are blocked, so a
+page that loads anything from a CDN fails the check (``remote`` problem), and so does whatever
+that script would have done (untypeset math, say).
 
 ``--no-browser`` runs only the HTML checks (BeautifulSoup), which need no Chromium; the tests use
 :func:`check_site` / :func:`check_page_static` this way.
@@ -390,7 +394,10 @@ def check_site(root: Path, toc: Path | None = None) -> Report:
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars",
-                  "--mute-audio", "--no-default-browser-check", "--remote-debugging-pipe"]
+                  "--mute-audio", "--no-default-browser-check", "--remote-debugging-pipe",
+                  # no network: every request goes to a proxy that does not exist (port 9 on
+                  # loopback, where nothing listens), and no proxy bypass for other hosts
+                  "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]
 
 
 class CDPError(RuntimeError):
@@ -529,7 +536,7 @@ PAGE_PROBE = r"""
     im.addEventListener('error', res, {once: true});
     setTimeout(res, 10000);
   })));
-  // let MathJax 3 finish typesetting when it loaded (it is fetched from a CDN: offline it does not)
+  // let MathJax 3 finish typesetting when it loaded (from the book's own _static/mathjax)
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
     await Promise.race([MathJax.startup.promise, new Promise(res => setTimeout(res, 10000))]);
   }
@@ -663,8 +670,8 @@ def _browser_findings(report: Report, root: Path, page_path: Path, page: str, in
         report.add(p)
     raw_math = len(re.findall(r"\\\(|\\\[", info["text"]))
     if raw_math:
-        report.notes.append(Problem(page, "math", f"{raw_math} TeX expression(s) shown untypeset "
-                                                  "(\\( or \\[ in the text: MathJax did not run)"))
+        report.add(Problem(page, "math", f"{raw_math} TeX expression(s) shown untypeset "
+                                         "(\\( or \\[ in the text: MathJax did not run)"))
     blocked, failed_local = set(), set()
     for ev in events:
         if ev["method"] == "Network.loadingFailed":
@@ -679,13 +686,14 @@ def _browser_findings(report: Report, root: Path, page_path: Path, page: str, in
         elif ev["method"] == "Runtime.exceptionThrown":
             det = ev["params"]["exceptionDetails"]
             text = (det.get("exception") or {}).get("description") or det.get("text", "")
-            report.notes.append(Problem(page, "js-exception", text.splitlines()[0][:200] if text else "?"))
+            report.add(Problem(page, "js-exception", text.splitlines()[0][:200] if text else "?"))
     for url, why in sorted(failed_local):
         local = Path(unquote(urlsplit(url).path))
         report.add(Problem(page, "resource", f"local resource failed to load ({why}): {_rel(local, root)}"))
     if blocked:
         hosts = sorted({urlsplit(u).netloc or u for u in blocked})
-        report.notes.append(Problem(page, "offline", f"{len(blocked)} remote request(s) blocked: {', '.join(hosts)}"))
+        report.add(Problem(page, "remote", f"{len(blocked)} request(s) to the network (blocked: the book must "
+                                           f"work offline): {', '.join(hosts)}"))
 
 
 # --------------------------------------------------------------------------------------------

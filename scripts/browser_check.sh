@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Browser check of the built book (issue 8): loads every page in headless Chromium, saves one
-# screenshot per page and fails on broken images, broken internal links/anchors, raw MyST and
-# notebook error outputs. Build the book first (bash scripts/book.sh ...); this script does not.
+# Browser check of the built book (issues 8, 15): loads every page in headless Chromium without
+# network access, saves one screenshot per page and fails on broken images, broken internal
+# links/anchors, raw MyST, notebook error outputs, untypeset math, JavaScript exceptions and
+# requests to the network. Build the book first (bash scripts/book.sh ...); this script does not.
 #
 #   bash scripts/browser_check.sh [HTML_DIR] [--out DIR] [--no-browser] [--json FILE] ...
 #

@@ -1,5 +1,5 @@
 """Tests of scripts/browser_check.py on small synthetic sites (HTML-only checks need no browser;
-the one browser test runs only where Chromium is installed)."""
+the browser tests run only where Chromium is installed)."""
 from __future__ import annotations
 
 import base64
@@ -208,17 +208,49 @@ def test_screenshot_names():
     assert bc.screenshot_name("index.html") == "index.png"
 
 
-@pytest.mark.skipif(bc.find_chromium() is None, reason="chromium not installed")
-def test_browser_finds_broken_image_and_takes_screenshots(tmp_path):
+needs_chromium = pytest.mark.skipif(bc.find_chromium() is None, reason="chromium not installed")
+
+
+@needs_chromium
+def test_browser_finds_broken_image_and_untypeset_math_and_takes_screenshots(tmp_path):
     body = GOOD_BODY + r'<img src="_images/corrupt.png" alt="corrupt"><p>{cite}`x` and \(x^2\)</p>'
     root = make_site(tmp_path / "html", intro_body=body)
     (root / "_images" / "corrupt.png").write_bytes(b"not a png at all")
     out = tmp_path / "shots"
     report = bc.browser_check(root, out, bc.find_chromium(), page_timeout=20)
     assert sorted((p.page, p.kind) for p in report.problems) == [
-        ("intro.html", "image"), ("intro.html", "raw-myst")], report.format()
+        ("intro.html", "image"), ("intro.html", "math"), ("intro.html", "raw-myst")], report.format()
     assert any(n.page == "index.html" and n.kind == "redirect" for n in report.notes)
-    assert any(n.page == "intro.html" and n.kind == "math" for n in report.notes)
     assert all("naturalWidth 0" in p.detail for p in report.problems if p.kind == "image")
+    assert "1 TeX expression(s) shown untypeset" in next(p.detail for p in report.problems if p.kind == "math")
     assert sorted(p.name for p in out.glob("*.png")) == ["index.png", "intro.png", "sub__other.png"]
     assert all(Path(s).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for s in report.screenshots)
+
+
+@needs_chromium
+def test_browser_fails_on_javascript_exceptions_and_network_requests(tmp_path):
+    # the sphinx-thebe symptom (one `const` declared twice) and a script from a CDN
+    head = ('<script>const THEBE_JS_URL = "x"</script><script>const THEBE_JS_URL = "x"</script>'
+            '<script src="https://cdn.example.org/mathjax/tex-chtml.js"></script>')
+    root = make_site(tmp_path / "html")
+    (root / "intro.html").write_text(page("Intro", GOOD_BODY, head=head))
+    report = bc.browser_check(root, tmp_path / "shots", bc.find_chromium(), page_timeout=20)
+    kinds = sorted((p.page, p.kind) for p in report.problems)
+    assert kinds == [("intro.html", "js-exception"), ("intro.html", "remote")], report.format()
+    js = next(p for p in report.problems if p.kind == "js-exception")
+    assert "Identifier 'THEBE_JS_URL' has already been declared" in js.detail
+    assert "cdn.example.org" in next(p.detail for p in report.problems if p.kind == "remote")
+    assert not any(n.kind in ("js-exception", "math", "offline") for n in report.notes)
+
+
+@needs_chromium
+def test_browser_passes_a_clean_site_offline(tmp_path):
+    root = make_site(tmp_path / "html")
+    report = bc.browser_check(root, tmp_path / "shots", bc.find_chromium(), page_timeout=20)
+    assert report.ok, report.format()
+    assert [n.kind for n in report.notes] == ["redirect"]
+
+
+def test_no_network_flags():
+    assert "--proxy-server=http://127.0.0.1:9" in bc.CHROMIUM_FLAGS
+    assert "--proxy-bypass-list=<-loopback>" in bc.CHROMIUM_FLAGS
