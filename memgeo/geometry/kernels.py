@@ -345,7 +345,8 @@ if numba is not None:
                         trial_point(Yt, Vt, rg, s, t[s])
                     sl = t * gn
                     retract_rows(Yt, pend, sl, Vp)
-                    correlation_cost_grad_lowrank(Vp, pend, X, XT, X2, G, GG, diag, fp, Gp, cancel_max)
+                    correlation_cost_grad_lowrank(Vp, pend, X, XT, X2, G, GG, diag, fp, Gp,
+                                                  cancel_max)
                     keep = 0
                     for a in range(pend.shape[0]):
                         s = pend[a]
