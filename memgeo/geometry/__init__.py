@@ -2,7 +2,8 @@ r"""Mean-field theoretic manifold analysis (MFTMA): capacity, radius, dimension,
 
 Method (Chung, Lee & Sompolinsky, PRX 8, 031003, 2018; Cohen, Chung, Lee & Sompolinsky,
 Nat. Commun. 11, 746, 2020), reported the way the authors' public implementation
-(schung039/neural_manifolds_replicaMFT) reports it; see ``REFERENCE.md`` section 2.
+(schung039/neural_manifolds_replicaMFT) reports it; the book's methods page (``book/methods.md``)
+checks it against exact results.
 Input: P manifolds, manifold i an (M_i, N) array (samples x features), numpy or torch.
 
 1. Centers c_i; the global mean of all sum_i M_i points subtracted.
