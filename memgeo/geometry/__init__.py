@@ -22,25 +22,28 @@ Input: P manifolds, manifold i an (M_i, N) array (samples x features), numpy or 
 
 The call path of :func:`analyze` (module in brackets)::
 
-    analyze                                           [analysis]  checks, then in a WorkerPool:
-      begin_preprocess                                [preprocess] steps 1-2
-        centers and magnitudes, per group of manifolds in the threads
-        centered Gram matrices and distinct points    (TaskQueue: in the worker threads ...)
-        find_center_subspace -> stiefel_minimize      [centers]    (... while this one searches;
-                                                                    kernels.stiefel_minimize)
-        check_centers                                               degenerate centers refused
-      steps_4_5, per group of manifolds (split_by_cost) in the threads:
-        PreprocessState.finish                        [preprocess] step 3 (gram_coordinates)
-        t_vectors                                     [capacity]   the T of manifold i
-        capacity_from_points                          [capacity]   steps 4-5
-          solve_f                                     [solver]     step 4, per padded batch:
-            pad_batch, stages_1_2                     [solver]     fista_cpu (kernels.fista_update)
-                                                                   or fista_torch, then
-                                                                   active_set_polish [stages]
-            stage_3                                   [solver]     verify; lawson_hanson [stages]
-            per_t_fallbacks                           [solver]     solve_f_nnls, solve_f_cvxopt
-          statistics_stack                            [statistics] step 5 per manifold
-      harmonic_capacity, GeometryResult               [statistics, results] aggregates
+    analyze                                  [analysis]   checks; a WorkerPool of num_threads
+      begin_preprocess                       [preprocess] steps 1-2:
+        validate_manifolds, as_array         [validation]
+        centers of each group of manifolds   (pool.map over split_by_cost groups)
+        centered Gram matrices, duplicates   (TaskQueue in the worker threads, while
+        find_center_subspace                 [centers]     the calling thread searches:
+          stiefel_minimize                   [centers]     kernels.stiefel_minimize if compiled)
+        check_centers                        [preprocess] degenerate centers refused
+      steps_4_5 per group of manifolds       (pool.map over split_by_cost groups; one group,
+                                              after the pool, for cvxopt or a GPU device)
+        PreprocessState.finish               [preprocess] step 3: gram_coordinates, S~
+        t_vectors                            [capacity]   the T of manifold i
+        capacity_from_points                 [capacity]   steps 4-5:
+          solve_f                            [solver]     step 4, per group_indices batch:
+            pad_batch                        [solver]
+            stages_1_2                       [solver]     fista_cpu (kernels.fista_update if
+                                                          compiled) or fista_torch, then
+                                                          active_set_polish [stages]
+            stage_3                          [solver]     verify, lawson_hanson [stages], verify
+            per_t_fallbacks                  [solver]     solve_f_nnls, solve_f_cvxopt per T
+          statistics_stack                   [statistics] step 5 per manifold
+      harmonic_capacity, GeometryResult      [statistics, results] aggregates
 
 :func:`preprocess` is steps 1-3 alone, :func:`capacity_from_points` steps 4-5 alone (on given
 point sets), :func:`solve_f` step 4 alone. ``solver="cvxopt"`` replaces :func:`solve_f` by the
