@@ -17,7 +17,7 @@ import torch
 
 from .backend import resolve_backend
 from .results import SolveResult
-from .stages import _DTYPE, active_set_polish, fista_cpu, fista_torch, lawson_hanson, pack_mask
+from .stages import active_set_polish, fista_cpu, fista_torch, lawson_hanson, pack_mask
 from .validation import check_kappa
 
 SOLVERS = ("batched", "cvxopt")
@@ -253,7 +253,7 @@ def stages_1_2(bt: PaddedBatch, kappa, tol, max_iter, check_every, backend):
     run = bt.Tm_t & ~bt.degenerate[:, None]
     stage = torch.zeros((B, nmax), dtype=torch.int8, device=dev)
     if not bool(run.any()):
-        return torch.zeros((B, nmax, Mmax), dtype=_DTYPE, device=dev), stage
+        return torch.zeros((B, nmax, Mmax), dtype=torch.float64, device=dev), stage
     nd = torch.nonzero(~bt.degenerate).flatten()
     if bt.Sh_np is not None:
         ndn = nd.numpy()
@@ -275,7 +275,7 @@ def stages_1_2(bt: PaddedBatch, kappa, tol, max_iter, check_every, backend):
     if nd.numel() == B:
         mu = mu_nd
     else:
-        mu = torch.zeros((B, nmax, Mmax), dtype=_DTYPE, device=dev)
+        mu = torch.zeros((B, nmax, Mmax), dtype=torch.float64, device=dev)
         mu[nd] = mu_nd
     stage[nd] = torch.where(conv_nd & run[nd], 1, 0).to(torch.int8)
     # stage 2: active-set polish of the unconverged, packed per manifold
