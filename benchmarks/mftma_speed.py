@@ -15,6 +15,7 @@ a warm-up that also loads (or, the first time after installation, compiles) its 
     .venv/bin/python benchmarks/mftma_speed.py            # full (a few minutes)
     .venv/bin/python benchmarks/mftma_speed.py --quick    # ~1 minute
     .venv/bin/python benchmarks/mftma_speed.py --threads 1   # on a machine shared with other jobs
+    .venv/bin/python benchmarks/mftma_speed.py --backend numpy   # without the compiled kernels
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from memgeo import geometry as g  # noqa: E402
+from memgeo.geometry.parallel import cpu_workers, thread_limits  # noqa: E402
 
 
 class PeakRSS:
@@ -77,6 +79,7 @@ class PeakRSS:
 
 REPEATS = 5          # memgeo's time is the median of this many runs (the oracle runs once)
 THREADS = None       # --threads: CPU threads for memgeo (None: all it may use)
+BACKEND = "auto"     # --backend: memgeo.geometry's backend argument
 
 
 def make_data(P, M, N, seed=0, dtype=np.float64):
@@ -96,23 +99,25 @@ def main_row(P, M, N, n_t, seed, device=None):
           f"(input {P * M * N * 8 / 2 ** 20:.0f} MB float64) ==")
     with PeakRSS() as mem:          # instrumented run first (fresh heap); tracemalloc slows it
         g.analyze(data, n_t=n_t, seed=seed, device=device, return_per_t=True,
-                  num_threads=THREADS)
+                  num_threads=THREADS, backend=BACKEND)
     runs = [timed(lambda: g.analyze(data, n_t=n_t, seed=seed, device=device, return_per_t=True,
-                                    num_threads=THREADS))
+                                    num_threads=THREADS, backend=BACKEND))
             for _ in range(REPEATS)]
     res, t_mem = runs[0][0], float(np.median([t for _, t in runs]))
     print(f"memgeo analyze: {t_mem:8.3f} s (median of {REPEATS} runs: "
           f"{' '.join(f'{t:.3f}' for _, t in runs)})")
     print(f"  peak extra memory: RSS {mem.rss_mb:.1f} MB, numpy (tracemalloc) "
-          f"{mem.traced_mb:.1f} MB; threads: {g._cpu_workers(THREADS)}")
+          f"{mem.traced_mb:.1f} MB; threads: {cpu_workers(THREADS)}; backend: {BACKEND}")
     print(f"  capacity {res.capacity:.5f}  radius {res.radius:.4f}  dimension {res.dimension:.3f}"
           f"  rho_c {res.center_correlation:.4f}  K {res.K}  stages {res.diagnostics['n_stage']}"
           f"  max KKT {res.diagnostics['max_kkt']:.1e}")
     # split: preprocessing vs per-T solving, each timed alone (analyze overlaps parts of them)
-    pre, t_pre = timed(lambda: g.preprocess(data, seed=seed, num_workers=THREADS))
+    pre, t_pre = timed(lambda: g.preprocess(data, seed=seed, num_workers=THREADS,
+                                            backend=BACKEND))
     T = g.sample_t([s.shape[0] for s in pre.S], n_t, seed)
-    with g._threads(1):             # one thread, like the oracle's per-T loop
-        _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device))
+    with thread_limits(1):          # one thread, like the oracle's per-T loop
+        _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device,
+                                                          backend=BACKEND))
     print(f"  alone: preprocessing {t_pre:.3f} s (center search {len(pre.centers.residual_by_K)}"
           f" ranks), per-T solve + statistics {t_solve:.3f} s in one thread")
     orc, t_orc = timed(lambda: g.analyze(data, n_t=n_t, seed=seed, solver="cvxopt",
@@ -145,14 +150,18 @@ def scaling_rows(rows, M, n_t, seed, oracle_T, device=None, label=""):
     for P, N in rows:
         data = make_data(P, M, N, seed)
         t_mem = float(np.median([timed(lambda: g.analyze(data, n_t=n_t, seed=seed,
-                                                          device=device, num_threads=THREADS))[1]
+                                                          device=device, num_threads=THREADS,
+                                                          backend=BACKEND))[1]
                                  for _ in range(3)]))
         with PeakRSS() as mem:
-            g.analyze(data, n_t=n_t, seed=seed, device=device, num_threads=THREADS)
-        pre, t_pre = timed(lambda: g.preprocess(data, seed=seed, num_workers=THREADS))
+            g.analyze(data, n_t=n_t, seed=seed, device=device, num_threads=THREADS,
+                      backend=BACKEND)
+        pre, t_pre = timed(lambda: g.preprocess(data, seed=seed, num_workers=THREADS,
+                                                backend=BACKEND))
         T = g.sample_t([s.shape[0] for s in pre.S], n_t, seed)
-        with g._threads(1):
-            _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device))
+        with thread_limits(1):
+            _, t_solve = timed(lambda: g.capacity_from_points(list(pre.S), T=T, device=device,
+                                                              backend=BACKEND))
         t_o = 0.0
         for s, t in zip(pre.S, T):
             t_o += timed(lambda: g.solve_f_cvxopt(s, t[:oracle_T]))[1]
@@ -168,13 +177,16 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller main row, fewer scaling rows")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch + BLAS threads (default: leave as configured)")
+    ap.add_argument("--backend", choices=g.BACKENDS, default="auto",
+                    help="memgeo.geometry backend (default auto: compiled kernels)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument("--oracle-T", type=int, default=10,
                     help="T per manifold for the extrapolated oracle in the scaling rows")
     args = ap.parse_args()
+    global BACKEND, THREADS
+    BACKEND = args.backend
     if args.threads:
-        global THREADS
         THREADS = args.threads
         torch.set_num_threads(args.threads)
         try:
@@ -188,7 +200,7 @@ def main():
           f"(other jobs on the machine slow both paths)")
     # warm-up (library loading, first-call allocations) for both paths
     w = make_data(4, 10, 50, 1)
-    _, t_warm = timed(lambda: g.analyze(w, n_t=8))
+    _, t_warm = timed(lambda: g.analyze(w, n_t=8, backend=BACKEND))
     g.analyze(w, n_t=2, solver="cvxopt")
     print(f"warm-up (imports, numba kernels loaded or compiled): {t_warm:.1f} s")
 

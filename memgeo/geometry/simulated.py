@@ -15,9 +15,14 @@ solved exactly by Lawson-Hanson NNLS (scipy.optimize.nnls): separable iff the NN
 non-zero; either way a certificate is checked (A w > 0, or a convex combination of the rows at
 ~0, Gordan's alternative), and ambiguous cases go to an LP (scipy.optimize.linprog, HiGHS).
 
+The points are first written in coordinates of their span (:func:`span_coordinates`): global
+mean of all points removed and, optionally, the center subspace of
+:func:`~memgeo.geometry.centers.find_center_subspace` projected out
+(:func:`~memgeo.geometry.preprocess.project_out`), as the mean-field analysis does.
+
 Example::
 
-    from memgeo.simcap import simulated_capacity
+    from memgeo.geometry import simulated_capacity
     res = simulated_capacity(manifolds, n_dichotomies=24, seed=0)
     res.capacity, res.capacity_err, res.fraction(120)
 """
@@ -28,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SimulatedCapacity", "is_separable", "separable_fraction", "simulated_capacity",
-           "critical_n"]
-
+from .centers import find_center_subspace
+from .preprocess import project_out
+from .validation import as_array, validate_manifolds
 
 @dataclass(frozen=True)
 class SimulatedCapacity:
@@ -102,9 +107,15 @@ def is_separable(X, y) -> bool:
     return _ldp_separable(A)[0]
 
 
-def _prepare(manifolds, center: bool, remove_center_subspace: bool, seed: int):
-    from memgeo.geometry import _as_numpy, _validate_manifolds, find_center_subspace
-    ms = [np.asarray(_as_numpy(m), np.float64) for m in _validate_manifolds(manifolds)]
+def span_coordinates(manifolds, center: bool, remove_center_subspace: bool, seed: int,
+                     backend="auto"):
+    """(Y, labels, P): all points (rows of Y, float64) in an orthonormal basis of their span,
+    scaled to max |entry| 1, after subtracting the global mean of all points (``center``) and
+    projecting out the low-rank center subspace (``remove_center_subspace``, the search of
+    :func:`memgeo.geometry.centers.find_center_subspace` with ``seed`` and ``backend``);
+    labels: the manifold of each row. The law of a Gaussian projection of the points depends
+    only on Y."""
+    ms = [np.asarray(as_array(m), np.float64) for m in validate_manifolds(manifolds)]
     for i, m in enumerate(ms):
         if not np.isfinite(m).all():
             raise ValueError(f"manifold {i} has NaN or infinite feature values")
@@ -114,9 +125,7 @@ def _prepare(manifolds, center: bool, remove_center_subspace: bool, seed: int):
         Z = Z - Z.mean(axis=0, keepdims=True)
     if remove_center_subspace:
         C = np.stack([Z[labels == i].mean(axis=0) for i in range(len(ms))])
-        cs = find_center_subspace(C, seed=seed)
-        if cs.K > 0:
-            Z = Z - (Z @ cs.basis) @ cs.basis.T
+        Z = project_out(Z, find_center_subspace(C, seed=seed, backend=backend).basis)
     # coordinates in an orthonormal basis of the span (the law of a Gaussian projection only
     # depends on them); memory (sum M_i) x min(N, sum M_i)
     Z /= max(float(np.max(np.abs(Z))), 1e-300)
@@ -160,7 +169,7 @@ def separable_fraction(manifolds, n: int, *, n_dichotomies: int = 100, seed: int
     """Fraction of random dichotomies separable after a Gaussian projection to n features, with
     its binomial standard error. (Points in general position: Cover's 2^(1-P) sum_{k<n}
     binom(P-1, k).)"""
-    Y, labels, P = _prepare(manifolds, center, False, seed)
+    Y, labels, P = span_coordinates(manifolds, center, False, seed)
     rng = np.random.default_rng([2, int(seed)])
     hits = 0
     for _ in range(int(n_dichotomies)):
@@ -193,7 +202,7 @@ def _crossing(sorted_n: np.ndarray, q: float) -> float:
 
 def simulated_capacity(manifolds, *, n_dichotomies: int = 24, seed: int = 0,
                        center: bool = True, remove_center_subspace: bool = False,
-                       level: float = 0.95) -> SimulatedCapacity:
+                       level: float = 0.95, backend="auto") -> SimulatedCapacity:
     """Simulated capacity P / n_c of P manifolds (list of (M_i, N) arrays).
 
     For each of ``n_dichotomies`` random dichotomies (labels +-1 per manifold) and nested
@@ -202,12 +211,14 @@ def simulated_capacity(manifolds, *, n_dichotomies: int = 24, seed: int = 0,
     statistics of n* at the quantiles 1/2 -+ z sqrt(1/(4S)) (z for ``level``);
     ``capacity_err`` is half the 68 % interval. ``center`` subtracts the global mean (as the
     mean-field analysis does); ``remove_center_subspace`` also projects out the low-rank center
-    subspace that :func:`memgeo.geometry.analyze` removes.
+    subspace that :func:`memgeo.geometry.analyze` removes (``backend``: the center search's
+    code, :mod:`memgeo.geometry.backend`).
     """
     from scipy import stats
     if int(n_dichotomies) < 2:
         raise ValueError("n_dichotomies must be >= 2")
-    Y, labels, P = _prepare(manifolds, center, remove_center_subspace, seed)
+    Y, labels, P = span_coordinates(manifolds, center, remove_center_subspace, seed,
+                                     backend)
     rng = np.random.default_rng([3, int(seed)])
     ns = np.array([critical_n(Y, labels, P, rng) for _ in range(int(n_dichotomies))])
     srt = np.sort(ns)

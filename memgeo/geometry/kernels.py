@@ -1,23 +1,28 @@
-"""Compiled (numba) kernels of the geometry engine, each the twin of a numpy version in
-:mod:`memgeo.geometry` that stays as the fallback and as the reference the tests compare to.
+"""Compiled (numba) kernels of the geometry engine, each the twin of a numpy version that stays
+as the fallback (``backend="numpy"``) and as the reference the tests compare to.
 
-``stiefel_minimize`` is the center-subspace search (:func:`memgeo.geometry._stiefel_minimize`).
-The numpy version spends most of its time in Python and numpy call overhead: about 900
-iterations of a few dozen calls on (starts x K x P) arrays, with P ~ 100. Here the same
-algorithm (alternating Barzilai-Borwein steps, Zhang-Hager non-monotone Armijo search, Cholesky-QR
-retraction, starts retiring when their Riemannian gradient norm is below ``gtol``) runs as one
-numba function: the three O(b K P^2) products of an evaluation stay batched BLAS calls, the small
-K x K and per-center work are plain loops, and the GIL is released (the center search runs in
-parallel with the Gram products of the manifolds). Results agree with the numpy version to
-rounding (the landscape is flat, so the optimum found can move by more than rounding; the tests
-compare costs, gradients and optimality, not bases).
+``stiefel_minimize`` is the center-subspace search (numpy twin:
+:func:`memgeo.geometry.centers.stiefel_minimize`). The numpy version spends most of its time in
+Python and numpy call overhead: about 900 iterations of a few dozen calls on (starts x K x P)
+arrays, with P ~ 100. Here the same algorithm (alternating Barzilai-Borwein steps, Zhang-Hager
+non-monotone Armijo search, Cholesky-QR retraction, starts retiring when their Riemannian
+gradient norm is below ``gtol``) runs as one numba function: the three O(b K P^2) products of an
+evaluation stay batched BLAS calls, the small K x K and per-center work are plain loops, and the
+GIL is released (the center search runs in parallel with the Gram products of the manifolds).
+Results agree with the numpy version to rounding (the landscape is flat, so the optimum found can
+move by more than rounding; the tests compare costs, gradients and optimality, not bases). Its
+parts are public so that the tests can compare them with their twins:
+``correlation_cost_grad_lowrank`` (:func:`memgeo.geometry.centers.correlation_cost_grad_lowrank`),
+``correlation_cost_grad`` (:func:`memgeo.geometry.centers.correlation_cost_grad`) and
+``retract_rows`` (:func:`memgeo.geometry.centers.retract_rows`).
 
 ``fista_update`` is the elementwise part of one float32 accelerated projected-gradient iteration
-of :func:`memgeo.geometry._fista_mixed_chunk` (eight numpy passes over the iterates fused into
-one pass per T; the matrix product stays a BLAS call).
+of :func:`memgeo.geometry.stages.fista_mixed_chunk` (eight numpy passes over the iterates fused
+into one pass per T; the matrix product stays a BLAS call).
 
-Imported lazily by :mod:`memgeo.geometry`; ``available()`` is False when numba is missing, and the
-numpy versions are used.
+Imported lazily (:mod:`memgeo.geometry.backend`); ``available()`` is False when numba is missing,
+and the numpy versions are used. The first import after installation compiles the kernels (about
+15 s on 2 cores); numba caches them next to this file.
 """
 from __future__ import annotations
 
@@ -38,9 +43,9 @@ if numba is not None:
     _jit = njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
     @_jit
-    def _cost_grad_lr(Vt, idx, X, XT, X2, G, GG, diag, f_out, gr_out, cancel_max):
-        """Low-rank cost/gradient (see geometry._corr_cost_grad_lr) for the starts ``idx`` of the
-        (b, K, r) stack ``Vt``; writes f_out[s] and gr_out[s] for s in idx. Falls back to the
+    def correlation_cost_grad_lowrank(Vt, idx, X, XT, X2, G, GG, diag, f_out, gr_out, cancel_max):
+        """Low-rank cost/gradient (as centers.correlation_cost_grad_lowrank) for the starts ``idx``
+        of the (b, K, r) stack ``Vt``; writes f_out[s] and gr_out[s] for s in idx. Falls back to the
         direct formula for all of them when a cancellation factor exceeds ``cancel_max``."""
         na = idx.shape[0]
         b, K, r = Vt.shape
@@ -114,7 +119,7 @@ if numba is not None:
             if cm > canc_max:
                 canc_max = cm
         if not canc_max <= cancel_max:
-            _cost_grad_direct(Vt, idx, X, G, diag, f_out, gr_out)
+            correlation_cost_grad(Vt, idx, X, G, diag, f_out, gr_out)
             return
         gr = np.dot(dA, X2)                                    # (na K, r)
         for a in range(na):
@@ -124,8 +129,9 @@ if numba is not None:
                 gr_out[s, k, :] = gr[a * K + k, :]
 
     @_jit
-    def _cost_grad_direct(Vt, idx, X, G, diag, f_out, gr_out):
-        """geometry._corr_cost_grad (forms C = G - A A^T), for accuracy under cancellation."""
+    def correlation_cost_grad(Vt, idx, X, G, diag, f_out, gr_out):
+        """As centers.correlation_cost_grad (forms C = G - A A^T), for accuracy under
+        cancellation; for the starts ``idx`` of the transposed stack ``Vt``."""
         b, K, r = Vt.shape
         P = X.shape[0]
         for a in range(idx.shape[0]):
@@ -157,10 +163,10 @@ if numba is not None:
             gr_out[s] = np.dot(X.T, dA).T
 
     @_jit
-    def _retract(Yt, idx, steplen, out):
+    def retract_rows(Yt, idx, steplen, out):
         """Rows of Yt[s] (K x r) orthonormalised (QR retraction with positive R diagonal) into
         out[s] for s in idx: Cholesky QR (one pass, two when a step is long), Householder when
-        a step is very long or the Cholesky factorisation fails (as geometry._retract_t; the
+        a step is very long or the Cholesky factorisation fails (as centers.retract_rows; the
         pass count is decided over the whole batch, as there)."""
         b, K, r = Yt.shape
         na = idx.shape[0]
@@ -233,7 +239,7 @@ if numba is not None:
                     out[s, k, j] = Q[j, k] * sg
 
     @_jit
-    def _rgrad(Vt, Gr, idx, out):
+    def riemannian_gradient(Vt, Gr, idx, out):
         """Riemannian gradient G - V sym(V^T G) (transposed storage) for the starts idx."""
         b, K, r = Vt.shape
         VtG = np.empty((K, K))
@@ -254,7 +260,7 @@ if numba is not None:
                         out[s, i, m] -= c * Vt[s, j, m]
 
     @_jit
-    def _trial(Yt, Vt, rg, s, ts):
+    def trial_point(Yt, Vt, rg, s, ts):
         """Yt[s] = Vt[s] - ts rg[s]: the point to retract for step length ts."""
         K, r = Vt.shape[1], Vt.shape[2]
         for k in range(K):
@@ -263,7 +269,7 @@ if numba is not None:
 
     @_jit
     def stiefel_minimize(Vt0, X, max_iter, gtol, cancel_max):
-        """The loop of geometry._stiefel_minimize on transposed bases Vt0 (b, K, r).
+        """The loop of centers.stiefel_minimize on transposed bases Vt0 (b, K, r).
         Returns (Vt (b, K, r), cost (b,))."""
         b, K, r = Vt0.shape
         XT = np.ascontiguousarray(X.T)
@@ -291,8 +297,8 @@ if numba is not None:
         active = np.ones(b, dtype=np.bool_)
         eta = 0.85
         allidx = np.arange(b)
-        _cost_grad_lr(Vt, allidx, X, XT, X2, G, GG, diag, f, Gr, cancel_max)
-        _rgrad(Vt, Gr, allidx, rg)
+        correlation_cost_grad_lowrank(Vt, allidx, X, XT, X2, G, GG, diag, f, Gr, cancel_max)
+        riemannian_gradient(Vt, Gr, allidx, rg)
         for s in range(b):
             v = 0.0
             for k in range(K):
@@ -311,10 +317,10 @@ if numba is not None:
             for a in range(na):
                 s = idx[a]
                 t[s] = step[s]
-                _trial(Yt, Vt, rg, s, t[s])
+                trial_point(Yt, Vt, rg, s, t[s])
             sl = t * gn
-            _retract(Yt, idx, sl, Vn)
-            _cost_grad_lr(Vn, idx, X, XT, X2, G, GG, diag, fn, Gn, cancel_max)
+            retract_rows(Yt, idx, sl, Vn)
+            correlation_cost_grad_lowrank(Vn, idx, X, XT, X2, G, GG, diag, fn, Gn, cancel_max)
             ok = np.zeros(b, dtype=np.bool_)
             npend = 0
             for a in range(na):
@@ -336,10 +342,11 @@ if numba is not None:
                     for a in range(pend.shape[0]):
                         s = pend[a]
                         t[s] *= 0.3
-                        _trial(Yt, Vt, rg, s, t[s])
+                        trial_point(Yt, Vt, rg, s, t[s])
                     sl = t * gn
-                    _retract(Yt, pend, sl, Vp)
-                    _cost_grad_lr(Vp, pend, X, XT, X2, G, GG, diag, fp, Gp, cancel_max)
+                    retract_rows(Yt, pend, sl, Vp)
+                    correlation_cost_grad_lowrank(Vp, pend, X, XT, X2, G, GG, diag, fp, Gp,
+                                                  cancel_max)
                     keep = 0
                     for a in range(pend.shape[0]):
                         s = pend[a]
@@ -370,7 +377,7 @@ if numba is not None:
                         m += 1
                 idx = idx[:m]
                 na = m
-            _rgrad(Vn, Gn, idx, rgn)
+            riemannian_gradient(Vn, Gn, idx, rgn)
             for a in range(na):
                 s = idx[a]
                 sy = 0.0
