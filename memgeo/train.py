@@ -13,6 +13,7 @@ is bitwise identical to an uninterrupted one on the CPU.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -32,6 +33,8 @@ from .models import BlockNet, build_model
 # The run-folder layer lives in memgeo.runs; its names stay importable from here.
 from .runs import (METRIC_COLUMNS, CheckpointError, Run, atomic_torch_save, atomic_write_bytes,  # noqa: F401
                    atomic_write_text, load_checkpoint, load_state_checked, open_run, run_path)
+from .runs import (RunFolderError, RunRepairWarning, _redo, checkpoint_problem,
+                   config_difference, filesystem_error, metrics_text, read_meta, remove_stale)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -126,11 +129,27 @@ def train_one_epoch(model, opt, data: LabelledData, cfg: RunConfig, epoch: int, 
     return total / count
 
 
+def _filesystem_errors(fn):
+    """An OSError escaping `fn` (a read-only folder, a full disk) becomes a one-line RunFolderError."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as err:
+            raise filesystem_error(err) from err
+    return wrapper
+
+
+@_filesystem_errors
 def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
           stop_after: int | None = None) -> Run:
     """Train `cfg` (or reuse/resume its run folder) and return the Run.
 
-    `stop_after` ends after that many new epochs (as a kill would): for tests of resuming.
+    An existing folder is checked before it is reused or resumed (`_verified_run`): one that holds
+    another run, or a damaged last.pt or config.json, is refused with the fix; a missing metrics.csv
+    or config.json is re-derived, and a missing or damaged checkpoint is recreated by retraining up
+    to its epoch (`_recreate_checkpoints`). `stop_after` ends after that many new epochs (as a kill
+    would): for tests of resuming.
     """
     path = run_path(cfg, runs_dir)
     device = resolve_device(cfg.device)
@@ -140,9 +159,11 @@ def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
     # Everything that can fail on bad input happens before the run folder exists.
     data = load_data(cfg, data_root, device)
     model = build_model(cfg, data.num_classes)
+    remove_stale(path)
     if path.exists() and (path / "last.pt").exists():
-        run = open_run(path)
+        run = _verified_run(path, cfg, data, model)
         if run.done:
+            _recreate_checkpoints(path, cfg, data_root)
             return run
     # channels_last: about 1.6x faster convolutions on the CPU here, and the fast path on GPUs.
     model.to(device, memory_format=torch.channels_last)
@@ -158,23 +179,24 @@ def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
         load_state_checked(model, ck["model"], str(last))
         opt.load_state_dict(ck["optimizer"])
         history, start, best = ck["history"], ck["epoch"], ck["best"]
+        _sync_metrics(path, history)   # a kill between writing last.pt and metrics.csv
     else:
         tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "checkpoints").mkdir(parents=True)
-        meta = {"config": cfg.to_dict(), "hash": cfg.hash(), "num_classes": data.num_classes,
-                "layers": model.layer_names, "device": str(device), "memgeo_version": __version__,
-                "torch_version": torch.__version__, "eps_effective": data.eps_effective,
-                "n_train": len(data.x_train), "n_test": len(data.x_test)}
-        atomic_write_text(tmp / "config.json", json.dumps(meta, indent=2))
-        t0 = time.time()
-        row = {"epoch": 0, "train_loss": float("nan"), "lr": 0.0, **evaluate(model, data),
-               "seconds": time.time() - t0}
-        history, start, best = [row], 0, (row["acc_test"], 0)
-        _save_epoch(tmp, cfg, model, opt, history, 0, best, keep)
-        if path.exists():  # an earlier attempt died before writing last.pt
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            (tmp / "checkpoints").mkdir(parents=True)
+            atomic_write_text(tmp / "config.json", json.dumps(_meta(cfg, data, model, device), indent=2))
+            t0 = time.time()
+            row = {"epoch": 0, "train_loss": float("nan"), "lr": 0.0, **evaluate(model, data),
+                   "seconds": time.time() - t0}
+            history, start, best = [row], 0, (row["acc_test"], 0)
+            _save_epoch(tmp, cfg, model, opt, history, 0, best, keep)
+            if path.exists():  # last.pt was deleted (or an earlier attempt died before writing it)
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     bar = None
     if progress and start < cfg.epochs:
@@ -200,7 +222,124 @@ def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
                             memorized=f"{row['acc_permuted_train']:.2f}")
     if bar is not None:
         bar.close()
+    _recreate_checkpoints(path, cfg, data_root)
     return open_run(path)
+
+
+def _meta(cfg: RunConfig, data: LabelledData, model: BlockNet, device=None) -> dict:
+    """config.json: the config and provenance. Without `device` (config.json rebuilt for an existing
+    run), the training device and library versions are unknown and left out, and it says so."""
+    meta = {"config": cfg.to_dict(), "hash": cfg.hash(), "num_classes": data.num_classes,
+            "layers": model.layer_names, "device": str(device), "memgeo_version": __version__,
+            "torch_version": torch.__version__, "eps_effective": data.eps_effective,
+            "n_train": len(data.x_train), "n_test": len(data.x_test)}
+    if device is None:
+        for key in ("device", "memgeo_version", "torch_version"):
+            del meta[key]
+        meta["rebuilt"] = (f"config.json was rebuilt by memgeo {__version__} from the config and last.pt "
+                           f"on {time.strftime('%Y-%m-%d')}; the training device and library versions are unknown")
+    return meta
+
+
+def _sync_metrics(path: Path, history: list[dict]) -> None:
+    """metrics.csv re-derived from last.pt's history when it differs (missing, stale or edited)."""
+    text = metrics_text(history)
+    f = path / "metrics.csv"
+    if not f.exists() or f.read_text() != text:
+        atomic_write_text(f, text)
+        warnings.warn(f"run {path}: metrics.csv rebuilt from last.pt", RunRepairWarning, stacklevel=3)
+
+
+def _verified_run(path: Path, cfg: RunConfig, data: LabelledData, model: BlockNet) -> Run:
+    """The run folder `path` (which has a last.pt), checked cheaply before it is reused or resumed.
+
+    Refused: a damaged last.pt, a broken config.json, a config.json of another config. Re-derived:
+    a deleted config.json (from the config, once last.pt confirms the run) and a missing or
+    implausible metrics.csv (from last.pt's history)."""
+    last = path / "last.pt"
+    problem = checkpoint_problem(last)
+    if problem:
+        raise CheckpointError(f"{problem}: delete it and {_redo(last)}")
+    if not (path / "config.json").exists():
+        ck = load_checkpoint(last)
+        if ck.get("config_hash") != cfg.hash():
+            raise CheckpointError(f"{last} belongs to run {ck.get('config_hash')}, not {cfg.hash()}: "
+                                  f"delete {path} and train again")
+        atomic_write_text(path / "config.json", json.dumps(_meta(cfg, data, model), indent=2))
+        warnings.warn(f"run {path}: config.json rebuilt from the config (the training device is unknown)",
+                      RunRepairWarning, stacklevel=3)
+    meta = read_meta(path)
+    found = RunConfig.from_dict(meta["config"])
+    if found.hash() != cfg.hash():
+        raise RunFolderError(
+            f"run folder {path} holds another run: its config.json has {config_difference(found, cfg)} "
+            f"(hash {found.hash()}, not {cfg.hash()}). Move the folder to {path.parent / found.hash()} if it is "
+            f"that run, or delete it; then train again")
+    run = Run(path, found)
+    vars(run)["meta"] = meta
+    try:
+        m = run.metrics
+        plausible = list(m.columns) == METRIC_COLUMNS and m["epoch"].tolist() == list(range(len(m)))
+    except (OSError, ValueError, pd.errors.ParserError):
+        plausible = False
+    if not plausible:
+        _sync_metrics(path, load_checkpoint(last)["history"])
+    return run
+
+
+def _first_difference(recorded: list[dict], replayed: list[dict]) -> str | None:
+    """Where two metric histories differ (the wall-clock seconds aside), or None."""
+    if len(recorded) != len(replayed):
+        return f"{len(replayed)} epochs retrained, {len(recorded)} recorded"
+    for a, b in zip(recorded, replayed):
+        for col in METRIC_COLUMNS:
+            if col == "seconds":
+                continue
+            x, y = a.get(col), b.get(col)
+            if not (x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))):
+                return f"epoch {a['epoch']}: {col} {x!r} recorded, {y!r} retrained"
+    return None
+
+
+def _recreate_checkpoints(path: Path, cfg: RunConfig, data_root=None) -> None:
+    """Recreate the promised checkpoints of run folder `path` that are missing or damaged.
+
+    Checkpoints hold weights only and last.pt is the only full training state, so the exact way
+    back to epoch k is training again from epoch 0: the run is retrained up to the latest bad
+    epoch in a temporary folder `.<hash>.replay-<pid>` beside it, and the files are copied in only if
+    the retrained history equals last.pt's (every metric, every epoch) and the retrained weights
+    equal every intact checkpoint on the way; otherwise nothing changes and the error says so."""
+    run = Run(path, cfg)
+    if not [e for e in run.promised_epochs() if checkpoint_problem(run.checkpoint_path(e))]:
+        return
+    ck = load_checkpoint(path / "last.pt")
+    promised = run.promised_epochs(last_epoch=ck["epoch"], best_epoch=ck["best"][1])
+    bad = [e for e in promised if checkpoint_problem(run.checkpoint_path(e))]
+    if not bad:
+        return
+    k = max(bad)
+    replay_dir = path.parent / f".{path.name}.replay-{os.getpid()}"
+    shutil.rmtree(replay_dir, ignore_errors=True)
+    try:
+        replay = train(cfg, runs_dir=replay_dir, data_root=data_root, progress=False, stop_after=k)
+        diff = _first_difference(ck["history"][:k + 1], load_checkpoint(replay.path / "last.pt")["history"])
+        for e in range(k + 1):
+            if diff is None and e not in bad and run.checkpoint_path(e).exists() and replay.checkpoint_path(e).exists():
+                a, b = run.load_state(e), replay.load_state(e)
+                if a.keys() != b.keys() or not all(torch.equal(a[n], b[n]) for n in a):
+                    diff = f"epoch {e}: the retrained weights differ from the kept checkpoint"
+        if diff is not None:
+            raise CheckpointError(
+                f"run {path}: retraining epochs 0..{k} to recreate the checkpoint(s) of epochs {bad} did not "
+                f"reproduce the run ({diff}): training here is not bitwise reproducible (another device, "
+                f"thread count or library version?), so they cannot be recreated exactly. Nothing was "
+                f"changed; to get a complete run, delete {path} and train again")
+        for e in bad:
+            atomic_write_bytes(run.checkpoint_path(e), replay.checkpoint_path(e).read_bytes())
+    finally:
+        shutil.rmtree(replay_dir, ignore_errors=True)
+    warnings.warn(f"run {path}: recreated checkpoint(s) of epochs {bad} by retraining epochs 0..{k} "
+                  f"(metrics identical to the recorded ones)", RunRepairWarning, stacklevel=3)
 
 
 def _save_epoch(path: Path, cfg: RunConfig, model, opt, history, epoch: int, best, keep: set) -> None:
