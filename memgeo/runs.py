@@ -198,7 +198,8 @@ def read_meta(path: Path) -> dict:
         RunConfig.from_dict(meta["config"])
         return meta
     except FileNotFoundError:
-        raise RunFolderError(f"{path} is not a run folder (no config.json)") from None
+        raise RunFolderError(f"{path} is not a run folder (no config.json); if it is a run whose config.json was "
+                             f"deleted, train its config again to rebuild it") from None
     except OSError as err:
         raise filesystem_error(err, f) from err
     except (ValueError, KeyError, TypeError) as err:   # JSONDecodeError and ConfigError are ValueErrors
@@ -344,7 +345,8 @@ def load_state_checked(model: BlockNet, state: dict, source: str) -> None:
         raise CheckpointError(
             f"{source} does not fit a {model.arch} with layers {model.layer_names[1:]}: "
             f"missing {missing[:3]}, unexpected {extra[:3]}, shape mismatch {shapes[:3]}. "
-            f"It was saved from another architecture or width.")
+            f"It was saved from another architecture or width (if it is this run's own file, the model "
+            f"code changed since: delete the run folder and train its config again).")
     model.load_state_dict(state)
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data import LabelledData, augment, derived_seed, load_data
 from .models import BlockNet, build_model
 # The run-folder layer lives in memgeo.runs; its names stay importable from here.
@@ -41,7 +41,7 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={spec!r} but no CUDA GPU is visible: use device=cpu or auto")
+        raise ConfigError(f"device={spec!r} but no CUDA GPU is visible: use device=cpu or auto")
     return torch.device(spec)
 
 

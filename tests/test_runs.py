@@ -286,3 +286,15 @@ def test_stale_leftovers_of_dead_processes_are_removed(copy, cifar_root, tmp_pat
     finally:
         live.kill()
         live.wait()
+
+
+def test_another_configs_folder_advice_works(copy, cifar_root, reference):
+    """Following the refusal's advice (delete the folder) leads to a working run."""
+    meta = json.loads((copy / "config.json").read_text())
+    meta["config"]["seed"] = 7
+    (copy / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(RunFolderError, match="delete it; then train again"):
+        again(copy.parent, cifar_root)
+    shutil.rmtree(copy)
+    run = again(copy.parent, cifar_root)
+    assert run.config == CFG and states_equal(run.load_state(3), reference.load_state(3))
