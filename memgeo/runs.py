@@ -105,7 +105,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def _redo(path: Path) -> str:
+def redo_advice(path: Path) -> str:
     """What training the run again does about a deleted file (the advice of every error message)."""
     if path.name == "last.pt":
         return "train this run's config again: the run is retrained from epoch 0"
@@ -116,12 +116,12 @@ def _redo(path: Path) -> str:
 def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}: {_redo(path)}")
+        raise CheckpointError(f"no checkpoint at {path}: {redo_advice(path)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}); "
-                              f"delete it and {_redo(path)}") from err
+                              f"delete it and {redo_advice(path)}") from err
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -267,11 +267,11 @@ class Run:
             promised = (self.path / "metrics.csv").exists() and epoch in self.promised_epochs()
             raise CheckpointError(f"run {self.path.name} has no checkpoint for epoch {epoch}; "
                                   f"saved epochs: {self.checkpoint_epochs}"
-                                  + (f". It should have one: {_redo(path)}" if promised else ""))
+                                  + (f". It should have one: {redo_advice(path)}" if promised else ""))
         ck = load_checkpoint(path)
         if ck.get("config_hash") != self.config.hash():
             raise CheckpointError(f"{path} belongs to run {ck.get('config_hash')}, not {self.config.hash()}: "
-                                  f"delete it and {_redo(path)}")
+                                  f"delete it and {redo_advice(path)}")
         return ck["model"]
 
     def check(self, full: bool = False) -> list[str]:
@@ -293,7 +293,7 @@ class Run:
             problems.append(problem)
         try:
             m = self.metrics
-            if list(m.columns) != METRIC_COLUMNS or m["epoch"].tolist() != list(range(len(m))):
+            if not metrics_plausible(m):
                 problems.append(f"{self.path / 'metrics.csv'} does not list epochs 0..N with columns {METRIC_COLUMNS}")
                 m = None
         except (OSError, ValueError, pd.errors.ParserError) as err:
@@ -357,6 +357,11 @@ def open_run(path) -> Run:
     run = Run(path, RunConfig.from_dict(meta["config"]))
     vars(run)["meta"] = meta     # the cached_property, filled
     return run
+
+
+def metrics_plausible(m: pd.DataFrame) -> bool:
+    """The cheap check of metrics.csv: memgeo's columns, and rows for epochs 0..N in order."""
+    return len(m) > 0 and list(m.columns) == METRIC_COLUMNS and m["epoch"].tolist() == list(range(len(m)))
 
 
 def metrics_text(history: list[dict]) -> str:

@@ -33,8 +33,9 @@ from .models import BlockNet, build_model
 # The run-folder layer lives in memgeo.runs; its names stay importable from here.
 from .runs import (METRIC_COLUMNS, CheckpointError, Run, atomic_torch_save, atomic_write_bytes,  # noqa: F401
                    atomic_write_text, load_checkpoint, load_state_checked, open_run, run_path)
-from .runs import (RunFolderError, RunRepairWarning, _redo, checkpoint_problem,
-                   config_difference, filesystem_error, metrics_text, read_meta, remove_stale)
+from .runs import (RunFolderError, RunRepairWarning, redo_advice, checkpoint_problem,
+                   config_difference, filesystem_error, metrics_plausible, metrics_text, read_meta,
+                   remove_stale)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -259,7 +260,7 @@ def _verified_run(path: Path, cfg: RunConfig, data: LabelledData, model: BlockNe
     last = path / "last.pt"
     problem = checkpoint_problem(last)
     if problem:
-        raise CheckpointError(f"{problem}: delete it and {_redo(last)}")
+        raise CheckpointError(f"{problem}: delete it and {redo_advice(last)}")
     if not (path / "config.json").exists():
         ck = load_checkpoint(last)
         if ck.get("config_hash") != cfg.hash():
@@ -279,7 +280,7 @@ def _verified_run(path: Path, cfg: RunConfig, data: LabelledData, model: BlockNe
     vars(run)["meta"] = meta
     try:
         m = run.metrics
-        plausible = list(m.columns) == METRIC_COLUMNS and m["epoch"].tolist() == list(range(len(m)))
+        plausible = metrics_plausible(m)
     except (OSError, ValueError, pd.errors.ParserError):
         plausible = False
     if not plausible:

@@ -143,8 +143,10 @@ def test_deleted_metrics_csv_is_rebuilt_from_last_pt(copy, cifar_root, reference
     assert run.done and (copy / "last.pt").read_bytes() == last_before
 
 
-def test_stale_metrics_csv_is_rebuilt_from_last_pt(copy, cifar_root, reference):
-    (copy / "metrics.csv").write_text("epoch,acc_test\n0,0.1\n")
+@pytest.mark.parametrize("text", ["epoch,acc_test\n0,0.1\n", "", "epoch,train_loss,lr,acc_unpermuted,"
+                                  "acc_permuted_train,acc_permuted_true,acc_test,seconds\n"])
+def test_stale_metrics_csv_is_rebuilt_from_last_pt(copy, cifar_root, reference, text):
+    (copy / "metrics.csv").write_text(text)
     run = again(copy.parent, cifar_root)
     assert (copy / "metrics.csv").read_bytes() == (reference.path / "metrics.csv").read_bytes()
     assert run.early_stop_epoch == reference.early_stop_epoch
