@@ -296,7 +296,7 @@ class Run:
             if not metrics_plausible(m):
                 problems.append(f"{self.path / 'metrics.csv'} does not list epochs 0..N with columns {METRIC_COLUMNS}")
                 m = None
-        except (OSError, ValueError, pd.errors.ParserError) as err:
+        except (OSError, ValueError) as err:   # pandas parser errors are ValueErrors
             problems.append(f"{self.path / 'metrics.csv'} is missing or unreadable ({type(err).__name__})")
             m = None
         if m is None:

@@ -22,7 +22,6 @@ import time
 import warnings
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -281,7 +280,7 @@ def _verified_run(path: Path, cfg: RunConfig, data: LabelledData, model: BlockNe
     try:
         m = run.metrics
         plausible = metrics_plausible(m)
-    except (OSError, ValueError, pd.errors.ParserError):
+    except (OSError, ValueError):   # pandas parser errors are ValueErrors
         plausible = False
     if not plausible:
         _sync_metrics(path, load_checkpoint(last)["history"])
@@ -356,4 +355,4 @@ def _save_epoch(path: Path, cfg: RunConfig, model, opt, history, epoch: int, bes
     opt_state = opt.state_dict()
     atomic_torch_save({"model": state, "optimizer": opt_state, "epoch": epoch, "history": history,
                        "best": best, "config_hash": cfg.hash()}, path / "last.pt")
-    atomic_write_text(path / "metrics.csv", pd.DataFrame(history, columns=METRIC_COLUMNS).to_csv(index=False))
+    atomic_write_text(path / "metrics.csv", metrics_text(history))
