@@ -264,7 +264,10 @@ class Run:
         """The model state dict saved at `epoch`, checked against this run."""
         path = self.checkpoint_path(epoch)
         if not path.exists():
-            promised = (self.path / "metrics.csv").exists() and epoch in self.promised_epochs()
+            try:
+                promised = epoch in self.promised_epochs()
+            except (OSError, ValueError, KeyError):    # no readable metrics.csv: nothing to promise
+                promised = False
             raise CheckpointError(f"run {self.path.name} has no checkpoint for epoch {epoch}; "
                                   f"saved epochs: {self.checkpoint_epochs}"
                                   + (f". It should have one: {redo_advice(path)}" if promised else ""))
@@ -309,7 +312,7 @@ class Run:
                 try:
                     load_state_checked(build_model(self.config, self.num_classes), self.load_state(e),
                                        str(self.checkpoint_path(e)))
-                except CheckpointError as err:
+                except (CheckpointError, RunFolderError) as err:
                     problems.append(str(err))
         if full and not checkpoint_problem(last):
             try:
