@@ -42,28 +42,22 @@ def describe(p: Preset, run=None, widths=None) -> str:
             f"eps={r.eps}, seed {r.seed}, {tail}")
 
 
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-
 def build_book(preset: str, overrides: dict, keep_going: bool = False) -> int:
     """Train what is missing (with progress bars), then build the book; print where the HTML is."""
-    from .sweep import train_sweep
-    from .train import train
+    from .engine import run_all
+    from .sweep import width_configs
 
     p = configure(preset, overrides)
     os.environ[ENV_PRESET] = preset
     os.environ[ENV_SET] = json.dumps(overrides)
     t0 = time.time()
     print(f"[memgeo] preset {preset!r}, overrides {overrides or '{}'}", flush=True)
-    print("[memgeo] shared training run (reused if present)", flush=True)
-    run = train(p.run)
-    print(f"[memgeo]   {run.path}", flush=True)
-    print(f"[memgeo] width sweep: {len(p.sweep.widths)} runs (reused if present)", flush=True)
-    # Small models train faster as parallel single-thread processes on a multi-core CPU.
-    cpu = p.sweep.run.device == "cpu" or (p.sweep.run.device == "auto" and not _cuda())
-    train_sweep(p.sweep, workers=2 if cpu and (os.cpu_count() or 1) >= 2 else 1)
+    # Every run the sections read, in one pool (finished runs are reused, cut-off ones resume):
+    # on a CPU the runs train side by side as one-thread processes, longest first.
+    configs = [p.run] + width_configs(p.sweep)
+    print(f"[memgeo] training: the shared run and {len(p.sweep.widths)} widths (reused if present)", flush=True)
+    runs = run_all(configs)
+    print(f"[memgeo]   shared run {runs[0].path}", flush=True)
     print(f"[memgeo] executing notebooks and building the book ({time.time() - t0:.0f} s so far)", flush=True)
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
     # --all: Sphinx would skip pages whose source did not change, but their results depend on

@@ -18,7 +18,7 @@ MODELS = ("smallcnn", "vgg16", "alexnet", "resnet18")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 PRESETS = ("smoke", "cpu", "paper")
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class ConfigError(ValueError):
@@ -44,10 +44,11 @@ class RunConfig:
     model: str = "smallcnn"
     width: int = 32                 # base channel count (ResNet-18: k in (k, 2k, 4k, 8k))
     batchnorm: bool = True
-    # "bf16": convolutions and linear layers in bfloat16 under autocast, weights, BatchNorm and
-    # loss in float32 (1.7x faster on CPUs with AVX512-BF16, the fast path on GPUs);
-    # "fp32": everything in float32 (use it on CPUs without native bf16, where bf16 is slow).
-    precision: str = "bf16"
+    # "fp32": everything in float32 (exact, the same numbers on every CPU); "bf16": convolutions
+    # and linear layers in bfloat16 under autocast, weights, BatchNorm and loss in float32 (the
+    # fast path on GPUs and on CPUs with AVX512-BF16/AMX, ~10x slower on CPUs without);
+    # "auto": decided on the machine (memgeo.precision); the run's hash records the choice.
+    precision: str = "auto"
     optimizer: str = "sgd"
     lr: float = 0.02
     momentum: float = 0.9
@@ -104,9 +105,17 @@ class RunConfig:
                 raise ConfigError(f"checkpoints={spec!r}: epochs {bad} are outside 0..{self.epochs}")
         return tuple(sorted(epochs | {0, self.epochs}))
 
+    def resolved(self) -> "RunConfig":
+        """This config with precision="auto" replaced by the format it trains in on this machine."""
+        if self.precision != "auto":
+            return self
+        from .precision import resolve_precision
+        return replace(self, precision=resolve_precision(self.precision, self.device))
+
     def hash(self) -> str:
-        """Short content hash of every result-deciding field (device excluded)."""
-        d = dataclasses.asdict(self)
+        """Short content hash of every result-deciding field (device excluded; precision as
+        resolved, so "auto" and the format it chose name the same run)."""
+        d = dataclasses.asdict(self.resolved())
         d.pop("device")
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
@@ -295,8 +304,10 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
 
 def _presets() -> dict[str, Preset]:
     # The sections rewind to and analyse arbitrary epochs of the main runs: keep every epoch.
+    # smoke and cpu train in fp32: exact, the same numbers on every CPU, and the fast format on
+    # CPUs without native bf16 (on an AVX2-only EPYC, bf16 was 11x slower per epoch).
     smoke_run = RunConfig(train_per_class=40, test_per_class=20, width=8, epochs=3, batch_size=64,
-                          lr=0.05, checkpoints="all")
+                          lr=0.05, checkpoints="all", precision="fp32")
     # cpu: sized on these 2 cores so memorization visibly happens (see the layer section). Trial
     # runs (5,000 images, bf16, 60 epochs): with Adam, widths 8-16 fit every permuted label and
     # test accuracy falls 7-11 points below its early peak at eps 0.5-0.6, while a width-32 net's
@@ -307,7 +318,7 @@ def _presets() -> dict[str, Preset]:
     # 40 % of a training step, and the run twice as long).
     cpu_run = RunConfig(train_per_class=500, test_per_class=200, eps=0.6, width=16, epochs=60,
                         optimizer="adam", lr=1e-3, schedule="cosine", batch_size=128,
-                        checkpoints="all")
+                        checkpoints="all", precision="fp32")
     paper_run = RunConfig(dataset="cifar100", train_per_class=0, test_per_class=0, model="vgg16",
                           width=64, epochs=300, lr=0.01, schedule="constant", batch_size=128,
                           checkpoints="log")

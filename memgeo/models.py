@@ -175,5 +175,5 @@ def build_model(cfg: RunConfig, num_classes: int | None = None) -> BlockNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(cfg.seed, "init"))
         model = BUILDERS[cfg.model](cfg.width, nc, cfg.batchnorm, IMAGE_SIZE[cfg.dataset])
-    model.precision = cfg.precision
+    model.precision = cfg.resolved().precision
     return model

@@ -163,10 +163,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(path: Path) -> list[Path]:
-    """Remove the leftovers of dead processes for the run folder `path`: `.<hash>.creating-<pid>` and
-    `.<hash>.replay-<pid>` beside it, `.<name>.tmp-<pid>` files in it. Those of live processes are
-    left alone. Returns what was removed."""
+def stale_leftovers(path: Path) -> list[Path]:
+    """The leftovers of dead processes for the run folder `path`: `.<hash>.creating-<pid>` and
+    `.<hash>.replay-<pid>` beside it, `.<name>.tmp-<pid>` files in it (those of live processes are
+    not listed)."""
     path = Path(path)
     found = []
     if path.parent.is_dir():
@@ -175,10 +175,13 @@ def remove_stale(path: Path) -> list[Path]:
     for folder in (path, path / "checkpoints"):
         if folder.is_dir():
             found += [p for p in folder.glob(".*.tmp-*") if re.fullmatch(r"\..+\.tmp-\d+", p.name)]
+    return [p for p in found if not pid_alive(_pid_of(p.name))]
+
+
+def remove_stale(path: Path) -> list[Path]:
+    """Remove `stale_leftovers(path)` (call it holding the run's lock); returns what was removed."""
     removed = []
-    for p in found:
-        if pid_alive(_pid_of(p.name)):
-            continue
+    for p in stale_leftovers(path):
         try:
             if p.is_dir():
                 shutil.rmtree(p)
@@ -223,6 +226,7 @@ class Run:
 
     path: Path
     config: RunConfig
+    trained_now: int = 0    # epochs trained by the call that returned this Run (0: reused)
 
     @functools.cached_property
     def meta(self) -> dict:

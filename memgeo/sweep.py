@@ -7,15 +7,13 @@ interpolation threshold is the smallest width whose final train error is at most
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from .config import ProbeConfig, RunConfig, SweepConfig
-from .train import Run, open_run, run_path, train
+from .train import Run
 
 INTERPOLATION_TOL = 0.01   # train error (vs training labels) that counts as fitting the noisy set
 PEAK_SIGMAS = 2.0          # a peak must exceed this many standard errors of a test-error difference
@@ -26,47 +24,17 @@ def width_configs(sweep: SweepConfig) -> list[RunConfig]:
     return [replace(sweep.run, width=w) for w in sweep.widths]
 
 
-def _train_one(args):
-    cfg, runs_dir, threads = args
-    import torch
-    torch.set_num_threads(threads)
-    return str(train(cfg, runs_dir=runs_dir, progress=False).path)
-
-
-def train_sweep(sweep: SweepConfig, runs_dir=None, progress: bool = True, workers: int = 1) -> list[Run]:
-    """Train (or reuse, or resume) every width.
+def train_sweep(sweep: SweepConfig, runs_dir=None, progress: bool = True, executor: str = "local",
+                max_parallel: int | None = None) -> list[Run]:
+    """Train (or reuse, or resume) every width, through the engine (`memgeo.engine.run_all`).
 
     Each width is its own run folder, so an interrupted sweep continues where it stopped and
-    finished widths are never retrained. `workers` > 1 trains widths in parallel processes
-    (threads split between them); separate invocations can also share a sweep.
+    finished widths are never retrained; on a CPU the widths train in parallel one-thread
+    processes, on GPUs one per device.
     """
-    cfgs = width_configs(sweep)
-    if workers <= 1:
-        out = []
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(cfgs), desc="width sweep", unit="width", leave=False)
-        for cfg in cfgs:
-            out.append(train(cfg, runs_dir=runs_dir, progress=progress))
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        return out
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    # Widest first, so the longest runs do not start last.
-    order = sorted(range(len(cfgs)), key=lambda i: -cfgs[i].width)
-    paths = [None] * len(cfgs)
-    import multiprocessing as mp
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_one, (cfgs[i], runs_dir, threads)): i for i in order}
-        from concurrent.futures import as_completed
-        from tqdm.auto import tqdm
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=f"width sweep ({workers} processes)",
-                        unit="width", disable=not progress):
-            paths[futures[fut]] = fut.result()
-    return [open_run(p) for p in paths]
+    from .engine import run_all
+    return run_all(width_configs(sweep), executor=executor, max_parallel=max_parallel,
+                   runs_dir=runs_dir, progress=progress)
 
 
 def sweep_table(runs: list[Run]) -> pd.DataFrame:

