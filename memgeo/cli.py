@@ -60,10 +60,11 @@ def main(argv=None) -> int:
         os.environ["MEMGEO_RUNS_DIR"] = os.path.abspath(args.runs_dir)
     if args.command == "train":
         from .data import DataError
-        from .train import CheckpointError, train
+        from .runs import CheckpointError, RunFolderError
+        from .train import train
         try:
             run = train(cfg.run, progress=not args.quiet)
-        except (ConfigError, DataError, CheckpointError) as err:
+        except (ConfigError, DataError, CheckpointError, RunFolderError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         m = run.metrics.iloc[-1]

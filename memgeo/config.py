@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -60,6 +62,7 @@ class RunConfig:
     device: str = "auto"            # "auto" (cuda if present), "cpu", "cuda"
 
     def __post_init__(self) -> None:
+        _coerce_fields(self)
         _choice("dataset", self.dataset, DATASETS)
         _choice("model", self.model, MODELS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -140,6 +143,7 @@ class ProbeConfig:
     sim_epochs: str = "auto"    # epochs whose layers get simulated capacity ("auto": init, early, end)
 
     def __post_init__(self) -> None:
+        _coerce_fields(self)
         if self.P < 2:
             raise ConfigError(f"P={self.P}: the analysis needs at least 2 manifolds")
         if self.M < 2:
@@ -157,6 +161,7 @@ class SweepConfig:
     analysis_M: int = 30
 
     def __post_init__(self) -> None:
+        _coerce_fields(self)
         if len(self.widths) < 1 or min(self.widths) < 1:
             raise ConfigError(f"widths={self.widths}: give one or more positive widths")
 
@@ -170,35 +175,120 @@ class Preset:
     grad_sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512)   # n for the scaling test
 
 
-def _parse(value: Any, current: Any, key: str) -> Any:
-    """Coerce a --set string to the type of the field's current value."""
-    if not isinstance(value, str):
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool) or getattr(getattr(v, "dtype", None), "kind", None) == "b"
+
+
+def _to_int(v: Any) -> int:
+    if _is_bool(v):
+        raise ValueError
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, str):
+        try:
+            return int(v.strip())
+        except ValueError:
+            v = float(v.strip())        # "3.0" and "1e3" are integers; "2.5" is not
+    if isinstance(v, numbers.Real) and math.isfinite(v) and float(v).is_integer():
+        return int(v)
+    raise ValueError
+
+
+def _to_float(v: Any) -> float:
+    if _is_bool(v):
+        raise ValueError
+    if isinstance(v, numbers.Real):
+        return float(v)
+    if isinstance(v, str):
+        return float(v.strip())
+    raise ValueError
+
+
+def _to_bool(v: Any) -> bool:
+    if _is_bool(v):
+        return bool(v)
+    if isinstance(v, numbers.Integral) and int(v) in (0, 1):
+        return bool(v)
+    if isinstance(v, str):
+        if v.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if v.strip().lower() in ("0", "false", "no", "off"):
+            return False
+    raise ValueError
+
+
+def _to_str(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, numbers.Integral) and not _is_bool(v):
+        return str(int(v))                             # checkpoints=5 (papermill -p)
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(_to_int(x)) for x in v)     # checkpoints=[0, 5, 10]
+    raise ValueError
+
+
+def _to_int_tuple(v: Any) -> tuple[int, ...]:
+    if isinstance(v, (list, tuple)):
+        return tuple(_to_int(x) for x in v)
+    if isinstance(v, str):
+        s = v.strip()
+        if s[:1] + s[-1:] in ("[]", "()"):
+            s = s[1:-1]
+        return tuple(_to_int(x) for x in s.split(",") if x.strip())
+    return (_to_int(v),)
+
+
+def _to_run_config(v: Any) -> "RunConfig":
+    if isinstance(v, RunConfig):
+        return v
+    if isinstance(v, Mapping):
+        return RunConfig.from_dict(v)
+    raise ValueError
+
+
+# A field's declared type (a string: annotations are postponed) -> (converter, what it expects).
+_COERCE = {
+    "int": (_to_int, "an int"),
+    "float": (_to_float, "a float"),
+    "bool": (_to_bool, "a bool (true/false, yes/no, on/off or 1/0)"),
+    "str": (_to_str, "a str"),
+    "tuple[int, ...]": (_to_int_tuple, "a tuple of ints, e.g. 1,2,4"),
+    "RunConfig": (_to_run_config, "a RunConfig or a mapping of its fields"),
+}
+
+
+def _coerce(value: Any, ftype: str, key: str) -> Any:
+    """`value` as the field's type (an int for a float field is a float; a float with a
+    fraction for an int field, or any other mismatch, is a ConfigError naming the key)."""
+    if ftype not in _COERCE:
         return value
+    convert, expected = _COERCE[ftype]
     try:
-        if isinstance(current, bool):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-        if isinstance(current, tuple):
-            return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{key}={value!r}: expected a {type(current).__name__}") from None
-    return value
+        out = convert(value)
+    except (ValueError, TypeError, OverflowError):
+        raise ConfigError(f"{key}={value!r}: expected {expected}") from None
+    if isinstance(out, float) and not math.isfinite(out):
+        raise ConfigError(f"{key}={value!r}: expected a finite float")
+    return out
+
+
+def _coerce_fields(obj: Any) -> None:
+    """Coerce every field of a frozen config dataclass in place (from __post_init__), so that
+    `RunConfig(eps=1)` is `RunConfig(eps=1.0)`, with the same hash."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        out = _coerce(value, f.type, f.name)
+        if out is not value:
+            object.__setattr__(obj, f.name, out)
 
 
 def apply_overrides(obj: Any, overrides: Mapping[str, Any]):
     """Return a copy of a config dataclass with fields replaced; unknown keys are an error."""
-    names = {f.name for f in fields(obj)}
-    unknown = sorted(set(overrides) - names)
+    types = {f.name: f.type for f in fields(obj)}
+    unknown = sorted(set(overrides) - set(types))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
-    return replace(obj, **{k: _parse(v, getattr(obj, k), k) for k, v in overrides.items()})
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(types))}")
+    return replace(obj, **{k: _coerce(v, types[k], k) for k, v in overrides.items()})
 
 
 def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -202,7 +202,17 @@ def load_tinyimagenet(root: Path) -> RawDataset:
 
 
 def load_raw(cfg: RunConfig, root: Path | None = None) -> RawDataset:
+    """The dataset a config names, from `root` (default: MEMGEO_DATA_ROOT, else `<repo>/data`).
+
+    A folder the user named (`root` or MEMGEO_DATA_ROOT) that does not exist is refused before
+    anything is created or downloaded: creating it is how one asks for the download."""
+    source = "the data folder" if root is not None else "MEMGEO_DATA_ROOT"
+    named = root is not None or "MEMGEO_DATA_ROOT" in os.environ
     root = Path(root) if root is not None else data_root()
+    downloads = not (cfg.dataset == "cifar10" and cfg.unverified_local_copy)
+    if named and downloads and not root.is_dir():
+        raise DataError(f"{source} {root} does not exist; nothing was created or downloaded. Fix the path, "
+                        f"or create it (mkdir -p {root}) to have {cfg.dataset} downloaded into it.")
     if cfg.dataset == "cifar10":
         return load_cifar10(root, cfg.unverified_local_copy)
     if cfg.dataset == "cifar100":

@@ -7,7 +7,6 @@ interpolation threshold is the smallest width whose final train error is at most
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import numpy as np
@@ -42,7 +41,7 @@ def sweep_table(runs: list[Run]) -> pd.DataFrame:
     """One row per width: parameters, final train error (vs training labels), test error, best test."""
     rows = []
     for run in runs:
-        meta = json.loads((run.path / "config.json").read_text())
+        meta = run.meta
         f = meta["eps_effective"]
         m = run.metrics
         last = m.iloc[-1]
@@ -101,7 +100,7 @@ def sweep_geometry(runs: list[Run], probe: ProbeConfig, layers_from_end: int = 2
     from .probe import geometry_over_epochs
     frames = []
     for run in runs:
-        model_layers = json.loads((run.path / "config.json").read_text())["layers"]
+        model_layers = run.meta["layers"]
         last = run.checkpoint_epochs[-1]
         s, _ = geometry_over_epochs(run, probe, epochs=[last], layers=model_layers[-layers_from_end:],
                                     progress=False)

@@ -13,7 +13,7 @@ is bitwise identical to an uninterrupted one on the CPU.
 """
 from __future__ import annotations
 
-import io
+import functools
 import json
 import math
 import os
@@ -22,67 +22,30 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data import LabelledData, augment, derived_seed, load_data
 from .models import BlockNet, build_model
-from .paths import runs_dir as default_runs_dir
 from .precision import native_bf16_cpu
-
-METRIC_COLUMNS = ["epoch", "train_loss", "lr", "acc_unpermuted", "acc_permuted_train",
-                  "acc_permuted_true", "acc_test", "seconds"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or belongs to another run; the message says what to do."""
+# The run-folder layer lives in memgeo.runs; its names stay importable from here.
+from .runs import (METRIC_COLUMNS, CheckpointError, Run, atomic_torch_save, atomic_write_bytes,  # noqa: F401
+                   atomic_write_text, load_checkpoint, load_state_checked, open_run, run_path)
+from .runs import (RunFolderError, RunRepairWarning, redo_advice, checkpoint_problem,
+                   config_difference, filesystem_error, metrics_plausible, metrics_text, read_meta,
+                   remove_stale, stale_leftovers)
 
 
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={spec!r} but no CUDA GPU is visible: use device=cpu or auto")
+        raise ConfigError(f"device={spec!r} but no CUDA GPU is visible: use device=cpu or auto")
     return torch.device(spec)
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic files
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def load_checkpoint(path: Path) -> dict:
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}); "
-                              f"delete it (and, for last.pt, the run resumes from scratch)") from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,90 +91,6 @@ def autocast(model: BlockNet):
     GPU; deterministic on the CPU for a fixed thread count), plain float32 otherwise."""
     dev = next(model.parameters()).device
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=model.precision == "bf16")
-
-
-# ---------------------------------------------------------------------------------------------
-# Runs
-
-@dataclass
-class Run:
-    """A run folder: its config, metrics and checkpoints."""
-
-    path: Path
-    config: RunConfig
-    trained_now: int = 0    # epochs trained by the call that returned this Run (0: reused)
-
-    @property
-    def metrics(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / "metrics.csv")
-
-    @property
-    def done(self) -> bool:
-        p = self.path / "metrics.csv"
-        return p.exists() and int(pd.read_csv(p)["epoch"].max()) >= self.config.epochs
-
-    @property
-    def checkpoint_epochs(self) -> list[int]:
-        return sorted(int(p.stem.split("_")[1]) for p in (self.path / "checkpoints").glob("epoch_*.pt"))
-
-    @property
-    def early_stop_epoch(self) -> int:
-        """Epoch of best test accuracy (first one on ties): the paper's early-stopping point."""
-        m = self.metrics
-        return int(m.loc[m["acc_test"].idxmax(), "epoch"])
-
-    def checkpoint_path(self, epoch: int) -> Path:
-        return self.path / "checkpoints" / f"epoch_{epoch:04d}.pt"
-
-    def load_state(self, epoch: int) -> dict:
-        """The model state dict saved at `epoch`, checked against this run."""
-        path = self.checkpoint_path(epoch)
-        if not path.exists():
-            raise CheckpointError(f"run {self.path.name} has no checkpoint for epoch {epoch}; "
-                                  f"saved epochs: {self.checkpoint_epochs}")
-        ck = load_checkpoint(path)
-        if ck.get("config_hash") != self.config.hash():
-            raise CheckpointError(f"{path} belongs to run {ck.get('config_hash')}, not {self.config.hash()}")
-        return ck["model"]
-
-    def load_model(self, epoch: int, device="cpu") -> BlockNet:
-        model = build_model(self.config, self.num_classes)
-        load_state_checked(model, self.load_state(epoch), str(self.checkpoint_path(epoch)))
-        return model.to(device, memory_format=torch.channels_last).eval()
-
-    @property
-    def num_classes(self) -> int:
-        return json.loads((self.path / "config.json").read_text())["num_classes"]
-
-    def load_data(self, device="cpu", root=None) -> LabelledData:
-        return load_data(self.config, root, device)
-
-
-def load_state_checked(model: BlockNet, state: dict, source: str) -> None:
-    """Load a state dict, failing clearly when it is from another architecture or width."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or extra or shapes:
-        raise CheckpointError(
-            f"{source} does not fit a {model.arch} with layers {model.layer_names[1:]}: "
-            f"missing {missing[:3]}, unexpected {extra[:3]}, shape mismatch {shapes[:3]}. "
-            f"It was saved from another architecture or width.")
-    model.load_state_dict(state)
-
-
-def open_run(path) -> Run:
-    path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{path} is not a run folder (no config.json)")
-    d = json.loads(cfg_file.read_text())
-    return Run(path, RunConfig.from_dict(d["config"]))
-
-
-def run_path(cfg: RunConfig, runs_dir=None) -> Path:
-    return Path(runs_dir or default_runs_dir()) / cfg.hash()
 
 
 def learning_rate(cfg: RunConfig, epoch: int) -> float:
@@ -273,18 +152,34 @@ def run_lock(path: Path, announce: bool = True):
         lock.release()
 
 
+def _filesystem_errors(fn):
+    """An OSError escaping `fn` (a read-only folder, a full disk) becomes a one-line RunFolderError."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as err:
+            raise filesystem_error(err) from err
+    return wrapper
+
+
+@_filesystem_errors
 def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
           stop_after: int | None = None) -> Run:
     """Train `cfg` (or reuse/resume its run folder) and return the Run.
 
     Safe to call from several processes at once for the same config: they take turns through the
-    run's lock, and only the first trains. `stop_after` ends after that many new epochs (as a kill
-    would): for tests of resuming. The returned Run's `trained_now` counts the epochs trained here.
+    run's lock, and only the first trains. An existing folder is checked before it is reused or
+    resumed (`finished_run`, `_verified_run`): one that holds another run, or a damaged last.pt or
+    config.json, is refused with the fix; a missing metrics.csv or config.json is re-derived, and a
+    missing or damaged checkpoint is recreated by retraining up to its epoch
+    (`_recreate_checkpoints`). `stop_after` ends after that many new epochs (as a kill would): for
+    tests of resuming. The returned Run's `trained_now` counts the epochs trained here.
     """
     cfg = cfg.resolved()    # precision "auto" -> what this machine trains in (named by the hash)
     path = run_path(cfg, runs_dir)
-    done = finished_run(path)
-    if done is not None:
+    done = finished_run(path, cfg)
+    if done is not None and not stale_leftovers(path):
         return done
     device = resolve_device(cfg.device)
     if cfg.precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
@@ -294,24 +189,41 @@ def train(cfg: RunConfig, runs_dir=None, data_root=None, progress: bool = True,
     # Everything that can fail on bad input happens before anything is written.
     data = load_data(cfg, data_root, device)
     with run_lock(path, announce=progress):
-        done = finished_run(path)   # another process may have trained it while this one waited
+        remove_stale(path)              # what dead processes left (.creating-<pid>, .tmp-<pid>)
+        done = finished_run(path, cfg)   # another process may have trained it while this one waited
         if done is not None:
             return done
-        return _train_locked(cfg, path, data, device, progress, stop_after)
+        return _train_locked(cfg, path, data, device, progress, stop_after, data_root)
 
 
-def finished_run(path: Path) -> Run | None:
-    """The run in folder `path` if it has finished training, else None."""
-    if (path / "last.pt").exists() and (path / "metrics.csv").exists():
+def finished_run(path: Path, cfg: RunConfig | None = None) -> Run | None:
+    """The run in folder `path` if it has finished training and passes the cheap checks (`Run.check`:
+    config.json names `cfg`, or the run the folder is named after; last.pt, metrics.csv and every
+    promised checkpoint sound), else None: then `train` heals, refuses, resumes or trains it."""
+    if not ((path / "last.pt").exists() and (path / "metrics.csv").exists()):
+        return None
+    try:
         run = open_run(path)
-        if run.done:
+    except RunFolderError:
+        return None
+    if run.config.hash() != (cfg.hash() if cfg is not None else path.name):
+        return None
+    try:
+        if run.done and not run.check():
             return run
+    except (OSError, ValueError, KeyError):   # an unreadable metrics.csv: train re-derives it
+        pass
     return None
 
 
 def _train_locked(cfg: RunConfig, path: Path, data: LabelledData, device, progress: bool,
-                  stop_after: int | None) -> Run:
+                  stop_after: int | None, data_root=None) -> Run:
     model = build_model(cfg, data.num_classes)
+    if path.exists() and (path / "last.pt").exists():
+        run = _verified_run(path, cfg, data, model)
+        if run.done:
+            _recreate_checkpoints(path, cfg, data_root)
+            return open_run(path)
     # channels_last: about 1.6x faster convolutions on the CPU here, and the fast path on GPUs.
     model.to(device, memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
@@ -326,23 +238,24 @@ def _train_locked(cfg: RunConfig, path: Path, data: LabelledData, device, progre
         load_state_checked(model, ck["model"], str(last))
         opt.load_state_dict(ck["optimizer"])
         history, start, best = ck["history"], ck["epoch"], ck["best"]
+        _sync_metrics(path, history)   # a kill between writing last.pt and metrics.csv
     else:
         tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "checkpoints").mkdir(parents=True)
-        meta = {"config": cfg.to_dict(), "hash": cfg.hash(), "num_classes": data.num_classes,
-                "layers": model.layer_names, "device": str(device), "memgeo_version": __version__,
-                "torch_version": torch.__version__, "eps_effective": data.eps_effective,
-                "n_train": len(data.x_train), "n_test": len(data.x_test)}
-        atomic_write_text(tmp / "config.json", json.dumps(meta, indent=2))
-        t0 = time.time()
-        row = {"epoch": 0, "train_loss": float("nan"), "lr": 0.0, **evaluate(model, data),
-               "seconds": time.time() - t0}
-        history, start, best = [row], 0, (row["acc_test"], 0)
-        _save_epoch(tmp, cfg, model, opt, history, 0, best, keep)
-        if path.exists():  # an earlier attempt died before writing last.pt
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            (tmp / "checkpoints").mkdir(parents=True)
+            atomic_write_text(tmp / "config.json", json.dumps(_meta(cfg, data, model, device), indent=2))
+            t0 = time.time()
+            row = {"epoch": 0, "train_loss": float("nan"), "lr": 0.0, **evaluate(model, data),
+                   "seconds": time.time() - t0}
+            history, start, best = [row], 0, (row["acc_test"], 0)
+            _save_epoch(tmp, cfg, model, opt, history, 0, best, keep)
+            if path.exists():  # last.pt was deleted (or an earlier attempt died before writing it)
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     bar = None
     if progress and start < cfg.epochs:
@@ -368,9 +281,126 @@ def _train_locked(cfg: RunConfig, path: Path, data: LabelledData, device, progre
                             memorized=f"{row['acc_permuted_train']:.2f}")
     if bar is not None:
         bar.close()
+    _recreate_checkpoints(path, cfg, data_root)
     run = open_run(path)
     run.trained_now = len(history) - 1 - start
     return run
+
+
+def _meta(cfg: RunConfig, data: LabelledData, model: BlockNet, device=None) -> dict:
+    """config.json: the config and provenance. Without `device` (config.json rebuilt for an existing
+    run), the training device and library versions are unknown and left out, and it says so."""
+    meta = {"config": cfg.to_dict(), "hash": cfg.hash(), "num_classes": data.num_classes,
+            "layers": model.layer_names, "device": str(device), "memgeo_version": __version__,
+            "torch_version": torch.__version__, "eps_effective": data.eps_effective,
+            "n_train": len(data.x_train), "n_test": len(data.x_test)}
+    if device is None:
+        for key in ("device", "memgeo_version", "torch_version"):
+            del meta[key]
+        meta["rebuilt"] = (f"config.json was rebuilt by memgeo {__version__} from the config and last.pt "
+                           f"on {time.strftime('%Y-%m-%d')}; the training device and library versions are unknown")
+    return meta
+
+
+def _sync_metrics(path: Path, history: list[dict]) -> None:
+    """metrics.csv re-derived from last.pt's history when it differs (missing, stale or edited)."""
+    text = metrics_text(history)
+    f = path / "metrics.csv"
+    if not f.exists() or f.read_text() != text:
+        atomic_write_text(f, text)
+        warnings.warn(f"run {path}: metrics.csv rebuilt from last.pt", RunRepairWarning, stacklevel=3)
+
+
+def _verified_run(path: Path, cfg: RunConfig, data: LabelledData, model: BlockNet) -> Run:
+    """The run folder `path` (which has a last.pt), checked cheaply before it is reused or resumed.
+
+    Refused: a damaged last.pt, a broken config.json, a config.json of another config. Re-derived:
+    a deleted config.json (from the config, once last.pt confirms the run) and a missing or
+    implausible metrics.csv (from last.pt's history)."""
+    last = path / "last.pt"
+    problem = checkpoint_problem(last)
+    if problem:
+        raise CheckpointError(f"{problem}: delete it and {redo_advice(last)}")
+    if not (path / "config.json").exists():
+        ck = load_checkpoint(last)
+        if ck.get("config_hash") != cfg.hash():
+            raise CheckpointError(f"{last} belongs to run {ck.get('config_hash')}, not {cfg.hash()}: "
+                                  f"delete {path} and train again")
+        atomic_write_text(path / "config.json", json.dumps(_meta(cfg, data, model), indent=2))
+        warnings.warn(f"run {path}: config.json rebuilt from the config (the training device is unknown)",
+                      RunRepairWarning, stacklevel=3)
+    meta = read_meta(path)
+    found = RunConfig.from_dict(meta["config"])
+    if found.hash() != cfg.hash():
+        raise RunFolderError(
+            f"run folder {path} holds another run: its config.json has {config_difference(found, cfg)} "
+            f"(hash {found.hash()}, not {cfg.hash()}). Move the folder to {path.parent / found.hash()} if it is "
+            f"that run, or delete it; then train again")
+    run = Run(path, found)
+    vars(run)["meta"] = meta
+    try:
+        m = run.metrics
+        plausible = metrics_plausible(m)
+    except (OSError, ValueError):   # pandas parser errors are ValueErrors
+        plausible = False
+    if not plausible:
+        _sync_metrics(path, load_checkpoint(last)["history"])
+    return run
+
+
+def _first_difference(recorded: list[dict], replayed: list[dict]) -> str | None:
+    """Where two metric histories differ (the wall-clock seconds aside), or None."""
+    if len(recorded) != len(replayed):
+        return f"{len(replayed)} epochs retrained, {len(recorded)} recorded"
+    for a, b in zip(recorded, replayed):
+        for col in METRIC_COLUMNS:
+            if col == "seconds":
+                continue
+            x, y = a.get(col), b.get(col)
+            if not (x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))):
+                return f"epoch {a['epoch']}: {col} {x!r} recorded, {y!r} retrained"
+    return None
+
+
+def _recreate_checkpoints(path: Path, cfg: RunConfig, data_root=None) -> None:
+    """Recreate the promised checkpoints of run folder `path` that are missing or damaged.
+
+    Checkpoints hold weights only and last.pt is the only full training state, so the exact way
+    back to epoch k is training again from epoch 0: the run is retrained up to the latest bad
+    epoch in a temporary folder `.<hash>.replay-<pid>` beside it, and the files are copied in only if
+    the retrained history equals last.pt's (every metric, every epoch) and the retrained weights
+    equal every intact checkpoint on the way; otherwise nothing changes and the error says so."""
+    run = Run(path, cfg)
+    if not [e for e in run.promised_epochs() if checkpoint_problem(run.checkpoint_path(e))]:
+        return
+    ck = load_checkpoint(path / "last.pt")
+    promised = run.promised_epochs(last_epoch=ck["epoch"], best_epoch=ck["best"][1])
+    bad = [e for e in promised if checkpoint_problem(run.checkpoint_path(e))]
+    if not bad:
+        return
+    k = max(bad)
+    replay_dir = path.parent / f".{path.name}.replay-{os.getpid()}"
+    shutil.rmtree(replay_dir, ignore_errors=True)
+    try:
+        replay = train(cfg, runs_dir=replay_dir, data_root=data_root, progress=False, stop_after=k)
+        diff = _first_difference(ck["history"][:k + 1], load_checkpoint(replay.path / "last.pt")["history"])
+        for e in range(k + 1):
+            if diff is None and e not in bad and run.checkpoint_path(e).exists() and replay.checkpoint_path(e).exists():
+                a, b = run.load_state(e), replay.load_state(e)
+                if a.keys() != b.keys() or not all(torch.equal(a[n], b[n]) for n in a):
+                    diff = f"epoch {e}: the retrained weights differ from the kept checkpoint"
+        if diff is not None:
+            raise CheckpointError(
+                f"run {path}: retraining epochs 0..{k} to recreate the checkpoint(s) of epochs {bad} did not "
+                f"reproduce the run ({diff}): training here is not bitwise reproducible (another device, "
+                f"thread count or library version?), so they cannot be recreated exactly. Nothing was "
+                f"changed; to get a complete run, delete {path} and train again")
+        for e in bad:
+            atomic_write_bytes(run.checkpoint_path(e), replay.checkpoint_path(e).read_bytes())
+    finally:
+        shutil.rmtree(replay_dir, ignore_errors=True)
+    warnings.warn(f"run {path}: recreated checkpoint(s) of epochs {bad} by retraining epochs 0..{k} "
+                  f"(metrics identical to the recorded ones)", RunRepairWarning, stacklevel=3)
 
 
 def _save_epoch(path: Path, cfg: RunConfig, model, opt, history, epoch: int, best, keep: set) -> None:
@@ -386,4 +416,4 @@ def _save_epoch(path: Path, cfg: RunConfig, model, opt, history, epoch: int, bes
     opt_state = opt.state_dict()
     atomic_torch_save({"model": state, "optimizer": opt_state, "epoch": epoch, "history": history,
                        "best": best, "config_hash": cfg.hash()}, path / "last.pt")
-    atomic_write_text(path / "metrics.csv", pd.DataFrame(history, columns=METRIC_COLUMNS).to_csv(index=False))
+    atomic_write_text(path / "metrics.csv", metrics_text(history))

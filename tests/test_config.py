@@ -1,6 +1,6 @@
 import pytest
 
-from memgeo.config import ConfigError, RunConfig, configure, parse_set, preset
+from memgeo.config import ConfigError, ProbeConfig, RunConfig, SweepConfig, apply_overrides, configure, parse_set, preset
 
 
 def test_hash_is_stable_and_ignores_device():
@@ -47,3 +47,124 @@ def test_presets_and_overrides():
     with pytest.raises(ConfigError, match="key=value"):
         parse_set(["eps"])
     assert preset("paper").run.model == "vgg16" and preset("paper").run.dataset == "cifar100"
+
+
+# --- Types: every entry point coerces a value to its field's type before validation and hashing.
+
+def test_int_for_float_field_is_one_run():
+    """{'eps': 1} and {'eps': 1.0} (and '1') are the same experiment: one hash, a float value."""
+    runs = [configure("smoke", {"eps": v}).run for v in (1, 1.0, "1", "1.0")]
+    assert {r.hash() for r in runs} == {runs[1].hash()}
+    assert all(type(r.eps) is float for r in runs)
+    # Direct construction and from_dict too, and the sweep's runs.
+    assert RunConfig(eps=1).hash() == RunConfig(eps=1.0).hash() and type(RunConfig(lr=1).lr) is float
+    assert RunConfig.from_dict({"eps": 0, "weight_decay": 0}) == RunConfig(eps=0.0, weight_decay=0.0)
+    assert configure("smoke", {"eps": 0}).sweep.run.hash() == configure("smoke", {"eps": 0.0}).sweep.run.hash()
+
+
+@pytest.mark.parametrize("key,value", [("seed", 1.5), ("width", 2.5), ("batch_size", 64.7), ("epochs", "2.5"),
+                                       ("probe.M", 7.5), ("seed", True), ("eps", True)])
+def test_fractional_or_wrong_values_are_refused_naming_the_key(key, value):
+    name = key.split(".")[-1]
+    with pytest.raises(ConfigError, match=rf"^{name}={value!r}: expected an? (int|float)"):
+        configure("smoke", {key: value})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RunConfig(seed=1.5), lambda: RunConfig.from_dict({"width": 2.5}),
+    lambda: apply_overrides(RunConfig(), {"batch_size": 64.7}), lambda: ProbeConfig(P=2.5),
+])
+def test_every_entry_point_refuses_a_fraction_for_an_int(make):
+    with pytest.raises(ConfigError, match="expected an int"):
+        make()
+
+
+def test_integral_values_become_ints():
+    c = configure("smoke", {"seed": 2.0, "width": "16", "epochs": "3.0", "probe.M": 7.0})
+    assert (c.run.seed, c.run.width, c.run.epochs, c.probe.M) == (2, 16, 3, 7)
+    assert all(type(v) is int for v in (c.run.seed, c.run.width, c.run.epochs, c.probe.M))
+    assert c.run.hash() == configure("smoke", {"seed": 2, "width": 16, "epochs": 3}).run.hash()
+
+
+def test_bool_fields():
+    for v in (True, 1, "1", "true", "Yes", "on"):
+        assert configure("smoke", {"augment": v}).run.augment is True
+    for v in (False, 0, "0", "false", "no", "OFF"):
+        assert configure("smoke", {"augment": v}).run.augment is False
+    assert RunConfig(augment=1).hash() == RunConfig(augment=True).hash()
+    for v in (2, 0.5, 1.0, "maybe", None):
+        with pytest.raises(ConfigError, match=r"^augment=.*: expected a bool"):
+            configure("smoke", {"augment": v})
+
+
+@pytest.mark.parametrize("value", [(1, 2, 4), [1, 2, 4], "1,2,4", "[1, 2, 4]", "(1, 2, 4)", " 1, 2 ,4 ", [1.0, 2, "4"]])
+def test_tuple_fields_accept_the_usual_spellings(value):
+    w = configure("smoke", {"sweep.widths": value}).sweep.widths
+    assert w == (1, 2, 4) and all(type(x) is int for x in w)
+
+
+def test_tuple_fields_single_and_bad():
+    assert configure("smoke", {"sweep.widths": 4}).sweep.widths == (4,)
+    assert configure("smoke", {"sweep.widths": "4"}).sweep.widths == (4,)
+    assert SweepConfig(widths=[1, 2]).widths == (1, 2)
+    for v in ("1,2.5", [1, 2.5], "wide", 1.5):
+        with pytest.raises(ConfigError, match=r"^widths=.*: expected a tuple of ints"):
+            configure("smoke", {"sweep.widths": v})
+
+
+def test_string_fields_and_the_article():
+    # papermill passes epoch lists and numbers as they are written
+    assert configure("smoke", {"run.checkpoints": [0, 2, 3]}).run.checkpoints == "0,2,3"
+    assert configure("smoke", {"checkpoints": 2}).sweep.run.checkpoints == "2"
+    assert configure("smoke", {"probe.epochs": [0, 2]}).probe.epochs == "0,2"
+    with pytest.raises(ConfigError, match=r"^model=None: expected a str"):
+        configure("smoke", {"model": None})
+    with pytest.raises(ConfigError) as err:
+        configure("smoke", {"seed": "x"})
+    assert str(err.value) == "seed='x': expected an int"
+    with pytest.raises(ConfigError, match="finite"):
+        configure("smoke", {"lr": float("inf")})
+
+
+def test_coercion_does_not_move_preset_hashes():
+    """The run folders of every preset (main run and each sweep width) keep their names. Configs
+    with precision "auto" are pinned for both formats it can resolve to (fp32/bf16)."""
+    from dataclasses import replace
+    from memgeo.sweep import width_configs
+
+    def h(c):
+        if c.precision != "auto":
+            return c.hash() + "/" + c.hash()
+        return "/".join(replace(c, precision=p).hash() for p in ("fp32", "bf16"))
+
+    expected = {
+        "smoke": (
+            "4df6820db643/4df6820db643 b9c83fd14e86/b9c83fd14e86 609a76482bea/609a76482bea "
+            "ba7ed8f25214/ba7ed8f25214 a05fe8ee5b00/a05fe8ee5b00"),
+        "cpu": (
+            "639ecdc8a72f/639ecdc8a72f 97684d871554/97684d871554 97684d871554/97684d871554 "
+            "9ee3e2358eb7/9ee3e2358eb7 2bd579ee0fdd/2bd579ee0fdd 433158640a34/433158640a34 "
+            "3f6e0e4e9a15/3f6e0e4e9a15 0f85b088720e/0f85b088720e 02f4a8b69baa/02f4a8b69baa "
+            "adc222548f57/adc222548f57"),
+        "paper": (
+            "dc81020d84d9/bda0dc4c2858 28c6311792d6/8f9105d65911 31af33c78267/1855a481a3f8 "
+            "6c0b4ffc9d61/1a6ecef76b82 956a8ac5d61c/e5db35f10242 e6277839297d/548b651dc009 "
+            "99891f0dafda/e086bea46528 5cf4d048e154/804789a9a12d 1aeb1fbf86b7/b121eb144b02 "
+            "866ec6fb1e1f/084aaee22faa 28c6311792d6/8f9105d65911 d1bf2610916e/224c5bc1b69f "
+            "c085a7363d5f/880be38664b8"),
+    }
+    for name, hashes in expected.items():
+        c = configure(name)
+        got = [h(c.run), h(c.sweep.run)] + [h(w) for w in width_configs(c.sweep)]
+        assert " ".join(got) == hashes, name
+    assert h(RunConfig()) == "fa0ec7ff0cfd/cc3f70626444"
+
+
+def test_papermill_parameters_are_coerced(monkeypatch):
+    """papermill -p passes ints, floats and lists as typed values; they go through configure."""
+    from memgeo.book import ENV_PRESET, ENV_SET, configure_notebook
+    monkeypatch.delenv(ENV_PRESET, raising=False)
+    monkeypatch.delenv(ENV_SET, raising=False)
+    assert configure_notebook("smoke", {"eps": 1}).run.hash() == configure("smoke", {"eps": 1.0}).run.hash()
+    with pytest.raises(ConfigError, match=r"^seed=1.5: expected an int"):
+        configure_notebook("smoke", {"seed": 1.5})

@@ -172,3 +172,23 @@ def test_augment_is_batched_flip_and_crop():
         assert found
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(D.augment(x, g1), D.augment(x, g2))
+
+
+def test_missing_data_root_is_not_created(tmp_path, monkeypatch):
+    """A MEMGEO_DATA_ROOT (or data_root) that does not exist is a typo until the user creates it:
+    nothing is created or downloaded, and the message says so."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+    monkeypatch.setattr(CIFAR10, "url", "file:///nonexistent/cifar-10-python.tar.gz")
+    monkeypatch.setattr(CIFAR100, "url", "file:///nonexistent/cifar-100-python.tar.gz")
+    missing = tmp_path / "no" / "such" / "data"
+    monkeypatch.setenv("MEMGEO_DATA_ROOT", str(missing))
+    for c in (RunConfig(), RunConfig(dataset="cifar100"), RunConfig(dataset="tinyimagenet")):
+        with pytest.raises(D.DataError, match=rf"{missing} does not exist.*create it"):
+            D.load_data(c)
+    with pytest.raises(D.DataError, match="does not exist"):
+        D.load_data(RunConfig(), root=missing)
+    assert list(tmp_path.iterdir()) == []
+    # Once created, it is where the download goes (here it fails: no network).
+    missing.mkdir(parents=True)
+    with pytest.raises(D.DataError, match="could not be loaded"):
+        D.load_data(RunConfig())

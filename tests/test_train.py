@@ -30,7 +30,7 @@ def test_run_folder_metrics_and_checkpoints(cifar_root, tmp_path):
     run = train(cfg, runs_dir=tmp_path, data_root=cifar_root, progress=False)
     assert run.path == tmp_path / cfg.hash() and run.done
     meta = json.loads((run.path / "config.json").read_text())
-    assert RunConfig.from_dict(meta["config"]) == cfg and meta["layers"][-1] == "logits"
+    assert RunConfig.from_dict(meta["config"]) == cfg.resolved() and meta["layers"][-1] == "logits"
     m = run.metrics
     assert m["epoch"].tolist() == [0, 1, 2, 3]
     assert set(m.columns) >= {"train_loss", "acc_unpermuted", "acc_permuted_train", "acc_permuted_true", "acc_test"}
