@@ -1,15 +1,16 @@
 """Training throughput: memgeo's loop vs a plain PyTorch loop, measured in the same run.
 
 memgeo: its training loop as the presets run it: the whole subset as one uint8 tensor on the
-device, normalisation and augmentation as batched tensor ops, channels_last, and the config's
-precision (default bf16 autocast; --precision fp32 for full precision). Baseline: a plain float32
-loop over the same model and optimizer fed by torchvision's DataLoader over PIL images with
-ToTensor/Normalize (and RandomCrop/RandomHorizontalFlip with --augment) transforms, contiguous
-memory format. Also prints memgeo's loop in fp32, to separate what the data path gives from
-what bf16 gives. Prints images/s and the ratio memgeo / baseline last.
+device, normalisation and augmentation as batched tensor ops, channels_last, and the preset's
+precision as resolved on this machine (the cpu preset: fp32; `--precision auto` decides as
+memgeo does: bf16 only on a GPU or a CPU with native, measured-faster bf16). Baseline: a plain
+float32 loop over the same model and optimizer fed by torchvision's DataLoader over PIL images
+with ToTensor/Normalize (and RandomCrop/RandomHorizontalFlip with --augment) transforms,
+contiguous memory format. When memgeo runs in bf16, its fp32 loop is timed too, to separate what
+the data path gives from what bf16 gives. Prints images/s and the ratio memgeo / baseline last.
 
-    python benchmarks/train_throughput.py [--preset cpu] [--width W] [--n 5000] [--epochs 2] [--augment]
-                                          [--device cpu|cuda]
+    python benchmarks/train_throughput.py [--preset cpu] [--width W] [--n 5000] [--epochs 5] [--augment]
+                                          [--precision auto|fp32|bf16] [--device cpu|cuda]
 """
 import argparse
 import time
@@ -25,6 +26,7 @@ from torchvision import transforms
 from memgeo.config import preset
 from memgeo.data import load_data
 from memgeo.models import build_model
+from memgeo.precision import native_bf16_cpu
 from memgeo.train import make_optimizer, train_one_epoch
 
 
@@ -62,7 +64,8 @@ def main():
     ap.add_argument("--augment", action="store_true")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for the baseline")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="memgeo's precision")
+    ap.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+                    help="memgeo's precision (default: the preset's)")
     ap.add_argument("--unverified-local-copy", action="store_true", default=True)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -70,12 +73,12 @@ def main():
              if v is not None}
     cfg = replace(preset(args.preset).run, unverified_local_copy=args.unverified_local_copy,
                   train_per_class=args.n // 10, test_per_class=10, augment=args.augment, device=args.device,
-                  **given)
+                  **given).resolved()
     data = load_data(cfg, device="cpu")
     n = len(data.x_train)
     print(f"{cfg.model} width {cfg.width}, {n} images, batch {cfg.batch_size}, {cfg.optimizer}, "
           f"augment={cfg.augment}, device {device}, torch threads {torch.get_num_threads()}, "
-          f"memgeo precision {cfg.precision}")
+          f"memgeo precision {cfg.precision} (CPU native bf16: {native_bf16_cpu()})")
 
     # Each contender is built once, warmed up for one epoch, then the contenders take turns, one
     # epoch each, for --epochs rounds: a slow spell of a shared machine hits all of them alike.
@@ -86,7 +89,7 @@ def main():
 
     def memgeo_contender(c):
         data_dev = data.to(device)
-        model = build_model(c).to(device, memory_format=torch.channels_last)
+        model = build_model(c).place(device)
         opt = make_optimizer(c, model)
         epoch = iter(range(1, 10 ** 6))
         return lambda: train_one_epoch(model, opt, data_dev, c, next(epoch), device)

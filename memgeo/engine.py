@@ -115,7 +115,7 @@ def run_all(configs: Sequence[RunConfig], executor: str = "local", max_parallel:
     results: dict[int, GridResult] = {}
     pending: dict[str, list[int]] = {}
     for i, cfg in enumerate(configs):
-        done = finished_run(run_path(cfg, runs_dir)) if cfg.precision != "auto" else None
+        done = finished_run(run_path(cfg, runs_dir), cfg) if cfg.precision != "auto" else None
         if done is not None:
             results[i] = GridResult(cfg, done, "reused")
         else:

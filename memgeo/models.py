@@ -26,6 +26,29 @@ class BlockNet(nn.Module):
         self.arch = arch
 
     @property
+    def has_pointwise_conv(self) -> bool:
+        """Whether the model has 1x1 convolutions (ResNet shortcuts)."""
+        return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in self.modules())
+
+    def memory_format_for(self, device) -> torch.memory_format:
+        """channels_last (the fast path on GPUs, and for 3x3 convolutions on CPUs), except on a CPU
+        for models with 1x1 convolutions: there oneDNN's AVX2 1x1 backward-weights kernel in
+        channels_last (torch 2.14.1) corrupts memory, a "double free" abort with one thread and a
+        hang with two; in the default format the same training runs, and ran faster."""
+        if torch.device(device).type == "cpu" and self.has_pointwise_conv:
+            return torch.contiguous_format
+        return torch.channels_last
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The memory format of this model's inputs, for the device its weights are on."""
+        return self.memory_format_for(next(self.parameters()).device)
+
+    def place(self, device) -> "BlockNet":
+        """Move to `device` in the memory format memgeo uses there (`memory_format_for`)."""
+        return self.to(device, memory_format=self.memory_format_for(device))
+
+    @property
     def layer_names(self) -> list[str]:
         """Analysable layers in order: "input", every block, ending with "logits"."""
         return ["input"] + list(self.blocks.keys())

@@ -103,7 +103,7 @@ class Probe:
         dev = next(model.parameters()).device
         out = []
         for i in range(0, len(x), batch_size):
-            xb = normalise(x[i:i + batch_size].to(dev)).contiguous(memory_format=torch.channels_last)
+            xb = normalise(x[i:i + batch_size].to(dev)).contiguous(memory_format=model.memory_format)
             f = model.forward_features(xb, [layer])[layer].flatten(1).float()
             out.append(self.projection(layer, f.shape[1])(f).cpu())
         model.train(was_training)

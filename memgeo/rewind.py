@@ -216,7 +216,7 @@ class BlockInputs:
         x = self.data.x_train if split == "train" else self.data.x_test
         for i in range(0, len(x), self.batch_size):
             yield self.data.normalise(x[i:i + self.batch_size].to(self.device)).contiguous(
-                memory_format=torch.channels_last)
+                memory_format=self.model.memory_format)
 
     @torch.no_grad()
     def _bytes_per_example(self) -> dict[str, int]:

@@ -332,7 +332,7 @@ class Run:
     def load_model(self, epoch: int, device="cpu") -> BlockNet:
         model = build_model(self.config, self.num_classes)
         load_state_checked(model, self.load_state(epoch), str(self.checkpoint_path(epoch)))
-        return model.to(device, memory_format=torch.channels_last).eval()
+        return model.place(device).eval()
 
     @property
     def num_classes(self) -> int:

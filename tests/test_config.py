@@ -166,5 +166,5 @@ def test_papermill_parameters_are_coerced(monkeypatch):
     monkeypatch.delenv(ENV_PRESET, raising=False)
     monkeypatch.delenv(ENV_SET, raising=False)
     assert configure_notebook("smoke", {"eps": 1}).run.hash() == configure("smoke", {"eps": 1.0}).run.hash()
-    with pytest.raises(ConfigError, match=r"^seed=1.5: expected an int"):
+    with pytest.raises(ConfigError, match=r"^parameter overrides\['seed'\]=1.5: expected an int"):
         configure_notebook("smoke", {"seed": 1.5})

@@ -66,3 +66,43 @@ def test_model_carries_its_precision_into_autocast(precision, dtype):
     # outside the context the weights and a plain forward stay float32
     assert all(p.dtype == torch.float32 for p in m.parameters())
     assert m(x).dtype == torch.float32
+
+
+def test_memory_format_avoids_the_cpu_pointwise_conv_bug():
+    """ResNet-18's 1x1 shortcuts train in the default format on a CPU (oneDNN's channels_last 1x1
+    backward-weights kernel corrupts memory there); everything else, and every GPU, channels_last."""
+    res, cnn = build_model(RunConfig(model="resnet18", width=2)), build_model(RunConfig(width=2))
+    assert res.has_pointwise_conv and not cnn.has_pointwise_conv
+    assert res.memory_format_for("cpu") == torch.contiguous_format
+    assert res.memory_format_for("cuda:0") == torch.channels_last
+    assert cnn.memory_format_for("cpu") == torch.channels_last
+    assert cnn.place("cpu").memory_format == torch.channels_last
+    assert res.place("cpu").blocks["stem"][0].weight.is_contiguous()
+
+
+RESNET_TWICE = """
+import os, sys, tempfile, torch
+sys.path.insert(0, sys.argv[1])
+from conftest import write_cifar_batches
+from pathlib import Path
+root = Path(tempfile.mkdtemp()); write_cifar_batches(root / "cifar-10-batches-py", 10, 5)
+from memgeo.config import RunConfig
+from memgeo.train import train
+torch.set_num_threads(int(sys.argv[2]))
+for trial in range(3):
+    cfg = RunConfig(model="resnet18", width=4, unverified_local_copy=True, train_per_class=10, test_per_class=5,
+                    epochs=2, optimizer="adam", lr=1e-4, augment=True, precision="fp32", device="cpu")
+    train(cfg, runs_dir=tempfile.mkdtemp(), data_root=root, progress=False)
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resnet_trains_repeatedly_in_fp32_on_the_cpu(threads):
+    # In channels_last this aborted ("double free or corruption") with one thread and hung with two.
+    import subprocess
+    import sys
+    from pathlib import Path
+    r = subprocess.run([sys.executable, "-c", RESNET_TWICE, str(Path(__file__).parent), str(threads)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr[-2000:]
