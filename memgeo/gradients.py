@@ -33,12 +33,8 @@ folder, under ``gradients/``, and only what is missing is computed.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -49,7 +45,8 @@ import torch.nn.functional as F
 from .config import ConfigError, Preset
 from .data import LabelledData, derived_seed
 from .models import BlockNet
-from .train import Run, atomic_write_text
+from .cache import ResultCache
+from .runs import Run
 
 GROUPS = ("unpermuted", "permuted")
 ALL = "all"   # pseudo-layer: every parameter of the network together
@@ -85,18 +82,6 @@ class GradientSettings:
             raise ConfigError("repeats, pool_factor and batch_size must be >= 1 and max_epochs >= 2")
         if self.num_threads < 0:
             raise ConfigError(f"num_threads={self.num_threads} must be >= 0 (0 keeps torch's setting)")
-
-    def epochs_hash(self) -> str:
-        return _short_hash({"n_examples": self.n_examples, "seed": self.seed, "version": 2})
-
-    def scaling_hash(self) -> str:
-        return _short_hash({"sizes": list(self.sizes), "repeats": self.repeats, "pool_factor": self.pool_factor,
-                            "epoch": self.scaling_epoch, "seed": self.seed, "balanced": self.balanced,
-                            "version": 2})
-
-
-def _short_hash(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def settings_for(p: Preset, **overrides) -> GradientSettings:
@@ -357,7 +342,25 @@ def select_epochs(run: Run, settings: GradientSettings) -> list[int]:
     return sorted(chosen)
 
 
-def _epoch_rows(run: Run, epoch: int, data: LabelledData, settings: GradientSettings) -> pd.DataFrame:
+CACHE_VERSION = 2     # bump when the numbers a cache key stands for change
+
+
+def epochs_cache(run: Run, settings: GradientSettings) -> ResultCache:
+    """Cache entry of the epoch table: keyed by the sample (size and seed); epochs are its chunks."""
+    return ResultCache.of_run(run, "gradients", {"table": "epochs", "n_examples": settings.n_examples},
+                              seed=settings.seed, version=CACHE_VERSION)
+
+
+def scaling_cache(run: Run, settings: GradientSettings) -> ResultCache:
+    """Cache entry of the scaling test: keyed by everything that draws its subsets and its checkpoint."""
+    return ResultCache.of_run(run, "gradients", {
+        "table": "scaling", "sizes": list(settings.sizes), "repeats": settings.repeats,
+        "pool_factor": settings.pool_factor, "epoch": settings.scaling_epoch, "balanced": settings.balanced},
+        seed=settings.seed, version=CACHE_VERSION)
+
+
+def epoch_rows(run: Run, epoch: int, data: LabelledData, settings: GradientSettings) -> pd.DataFrame:
+    """The split table (`GradientSplit.table`) of one checkpoint, with its epoch as first column."""
     t = split_at_epoch(run, epoch, data, settings).table()
     t.insert(0, "epoch", epoch)
     return t
@@ -367,46 +370,24 @@ def gradients_over_epochs(run: Run, settings: GradientSettings, epochs: Sequence
                           data: LabelledData | None = None, progress: bool = False) -> pd.DataFrame:
     """Tidy table (one row per epoch x layer) of the gradient split over a run's checkpoints.
 
-    Cached in ``<run>/gradients/epochs-<settings hash>.csv``; only missing epochs are computed, and
-    the file is rewritten (atomically) after each one, so an interrupted analysis resumes.
+    Kept in the run's result cache (`epochs_cache`), one chunk per epoch: only missing epochs are
+    computed, and the table is rewritten (atomically) after each one, so an interrupted analysis
+    resumes.
     """
     epochs = sorted(set(epochs if epochs is not None else select_epochs(run, settings)))
-    path = cache_path(run, "epochs", settings.epochs_hash())
-    table = _read_cache(path)
-    todo = [e for e in epochs if table.empty or e not in set(table["epoch"])]
+    cache = epochs_cache(run, settings)
+    table = cache.read()
+    todo = cache.missing("table", epochs, ["epoch"])
     if todo:
         data = data if data is not None else run.load_data()
         bar = _bar(progress, len(todo), f"gradients [{run.path.name}]")
         for e in todo:
-            rows = _epoch_rows(run, e, data, settings)
-            table = _read_cache(path)  # merge with anything written meanwhile
-            table = rows if table.empty else pd.concat([table[table["epoch"] != e], rows], ignore_index=True)
-            table = table.sort_values(["epoch"], kind="stable").reset_index(drop=True)
-            _write_cache(path, table, settings)
+            table = cache.add("table", epoch_rows(run, e, data, settings), ["epoch"], order=["epoch"])
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
     return table[table["epoch"].isin(epochs)].reset_index(drop=True)
-
-
-def cache_path(run: Run, kind: str, key: str) -> Path:
-    return run.path / "gradients" / f"{kind}-{key}.csv"
-
-
-def _read_cache(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
-
-
-def _write_cache(path: Path, table: pd.DataFrame, settings: GradientSettings) -> None:
-    run_folder = path.parent.parent
-    if not (run_folder / "config.json").exists():
-        raise FileNotFoundError(f"{run_folder} is no longer a run folder (deleted meanwhile?): not writing {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = path.with_suffix(".json")
-    if not meta.exists():
-        atomic_write_text(meta, json.dumps(dataclasses.asdict(settings), indent=2))
-    atomic_write_text(path, table.to_csv(index=False))
 
 
 def _bar(progress: bool, total: int, desc: str):
@@ -588,19 +569,19 @@ def scaling_pools(data: LabelledData, settings: GradientSettings) -> "dict[str, 
 
 def scaling_at_epoch(run: Run, settings: GradientSettings, data: LabelledData | None = None) -> pd.DataFrame:
     """The scaling test on a run's checkpoint (`settings.scaling_epoch`, by default initialisation),
-    cached in ``<run>/gradients/scaling-<settings hash>.csv``."""
-    path = cache_path(run, "scaling", settings.scaling_hash())
-    if path.exists():
-        return pd.read_csv(path)
-    data = data if data is not None else run.load_data()
-    model = run.load_model(settings.scaling_epoch, device=data.x_train.device)
-    labels = data.train_label.cpu().numpy() if settings.balanced else None
-    table = scaling_table(model_grad_fn(model, data, settings.batch_size, settings.num_threads),
-                          scaling_pools(data, settings),
-                          settings.sizes, settings.repeats, settings.seed, settings.batch_size, labels)
-    table.insert(0, "epoch", settings.scaling_epoch)
-    _write_cache(path, table, settings)
-    return table
+    kept in the run's result cache (`scaling_cache`)."""
+
+    def compute() -> pd.DataFrame:
+        d = data if data is not None else run.load_data()
+        model = run.load_model(settings.scaling_epoch, device=d.x_train.device)
+        labels = d.train_label.cpu().numpy() if settings.balanced else None
+        table = scaling_table(model_grad_fn(model, d, settings.batch_size, settings.num_threads),
+                              scaling_pools(d, settings),
+                              settings.sizes, settings.repeats, settings.seed, settings.batch_size, labels)
+        table.insert(0, "epoch", settings.scaling_epoch)
+        return table
+
+    return scaling_cache(run, settings).get(compute)
 
 
 # ---------------------------------------------------------------------------------------------

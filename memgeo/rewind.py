@@ -25,14 +25,12 @@ rewind of layer l only re-runs the blocks from l on; its predictions equal `trai
 same rewound model (tested). With ``budget_bytes=0`` every rewound model is built whole and
 evaluated by `train.evaluate` itself (the reference path).
 
-Results are a tidy table cached in ``runs/<hash>/rewind/<settings hash>.csv`` (atomic writes,
-resumed per epoch from a ``.partial.csv``).
+Results are a tidy table in the run's result cache (`memgeo.cache`, under ``rewind/``), one chunk
+per rewind epoch: an interrupted sweep resumes at the first epoch it had not written.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Mapping
 
 import numpy as np
@@ -40,10 +38,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .cache import ResultCache
 from .data import LabelledData
 from .models import BlockNet
-from .train import (CheckpointError, Run, accuracies, autocast, atomic_write_text, evaluate,
-                    resolve_device)
+from .runs import CheckpointError, Run
+from .train import accuracies, autocast, evaluate, resolve_device
 
 BN_OPTIONS = ("rewind", "recompute")
 MODES = ("single", "cumulative")
@@ -376,11 +375,12 @@ def default_epochs(run: Run, n: int = 8, final_epoch: int | None = None) -> list
     return sorted(chosen)
 
 
-def settings_hash(run: Run, epochs, layers, modes, bn: str, final_epoch: int, device: torch.device) -> str:
-    d = {"run": run.config.hash(), "epochs": [int(e) for e in epochs], "layers": list(layers),
-         "modes": list(modes), "bn": bn, "final_epoch": int(final_epoch), "device": device.type,
-         "version": REWIND_VERSION}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+def rewind_cache(run: Run, layers, modes, bn: str, final_epoch: int, device: torch.device) -> ResultCache:
+    """Cache entry of a rewind table: keyed by what is rewound and how, and the kind of device it is
+    evaluated on; the rewind epochs are its chunks."""
+    return ResultCache.of_run(run, "rewind", {"layers": list(layers), "modes": list(modes), "bn": bn,
+                                              "final_epoch": int(final_epoch), "device": device.type},
+                              seed=None, version=REWIND_VERSION)
 
 
 def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rewind",
@@ -390,8 +390,8 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
     """Evaluate the final model with each layer (single) and each layer..output (cumulative)
     rewound to each epoch. One row per (layer, mode, epoch); columns `TABLE_COLUMNS`.
 
-    Cached as runs/<hash>/rewind/<settings hash>.csv (reused when `cache`); a half-finished sweep
-    resumes from its .partial.csv. `budget_bytes` caps the memory for the final model's block
+    Kept in the run's result cache (`rewind_cache`, used when `cache`), one chunk per epoch: epochs
+    already computed are read, a half-finished sweep resumes. `budget_bytes` caps the memory for the final model's block
     inputs (default: 1 GiB on the CPU, 8 GiB on a GPU; 0 turns the shortcut off)."""
     _check_bn(bn)
     device = torch.device(device) if device is not None else resolve_device(run.config.device)
@@ -410,18 +410,24 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
     layers = sorted(set(layers), key=names.index)
     modes = [m for m in MODES if m in modes]
 
-    folder = run.path / "rewind"
-    key = settings_hash(run, epochs, layers, modes, bn, final_epoch, device)
-    out_csv, partial_csv = folder / f"{key}.csv", folder / f"{key}.partial.csv"
-    if cache and out_csv.exists():
-        return pd.read_csv(out_csv)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / f"{key}.json", json.dumps(
-        {"run": run.config.hash(), "epochs": epochs, "layers": layers, "modes": modes, "bn": bn,
-         "final_epoch": final_epoch, "device": device.type, "version": REWIND_VERSION}, indent=2))
-    rows = pd.read_csv(partial_csv).to_dict("records") if cache and partial_csv.exists() else []
-    done = {int(r["epoch"]) for r in rows}
+    store = rewind_cache(run, layers, modes, bn, final_epoch, device) if cache else None
+    todo = store.missing("table", epochs, ["epoch"]) if store else list(epochs)
+    rows = []
+    if todo:
+        rows = _rewind_rows(run, final, names, todo, layers, modes, bn, final_epoch, data, data_root, device,
+                            batch_size, budget_bytes, progress, store)
+    table = store.read() if store else pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    table = table[table["epoch"].isin(epochs)]
+    order = {m: i for i, m in enumerate(MODES)}
+    table = table.sort_values(["mode", "epoch", "layer_index"], key=lambda s: s.map(order) if s.name == "mode" else s)
+    return table.reset_index(drop=True)
 
+
+def _rewind_rows(run: Run, final: BlockNet, names, epochs, layers, modes, bn, final_epoch, data, data_root, device,
+                 batch_size, budget_bytes, progress, store) -> list[dict]:
+    """The rows of `rewind_table` for `epochs`; each epoch's rows are added to `store` (if any) as
+    soon as they are computed."""
+    rows = []
     if data is None:
         data = run.load_data(device, data_root)
     if budget_bytes is None:
@@ -429,10 +435,10 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
     inputs = BlockInputs(final, data, batch_size, budget_bytes)
     # Rewinding every layer is the checkpoint itself (bitwise, tested): when the run was evaluated
     # on this kind of device, its metrics at that epoch are the answer and need no second pass.
-    trained_on = json.loads((run.path / "config.json").read_text()).get("device", "")
+    trained_on = run.meta.get("device", "")
     recorded = run.metrics.set_index("epoch") if (bn == "rewind" and trained_on
                                                   and torch.device(trained_on).type == device.type) else None
-    todo = [e for e in epochs if e not in done]
+    todo = list(epochs)
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
@@ -468,18 +474,11 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
                 if bar is not None:
                     bar.update(1)
         rows += new
-        if cache:
-            atomic_write_text(partial_csv, pd.DataFrame(rows, columns=TABLE_COLUMNS).to_csv(index=False))
+        if store is not None:
+            store.add("table", pd.DataFrame(new, columns=TABLE_COLUMNS), ["epoch"])
     if bar is not None:
         bar.close()
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    order = {m: i for i, m in enumerate(MODES)}
-    table = table.sort_values(["mode", "epoch", "layer_index"], key=lambda s: s.map(order) if s.name == "mode" else s)
-    table = table.reset_index(drop=True)
-    if cache:
-        atomic_write_text(out_csv, table.to_csv(index=False))
-        partial_csv.unlink(missing_ok=True)
-    return table
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

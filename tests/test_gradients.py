@@ -167,12 +167,13 @@ def test_epochs_are_cached_and_only_missing_ones_computed(tiny_run, monkeypatch)
     assert G.select_epochs(run, s)[0] == 0 and G.select_epochs(run, s)[-1] == 3
     assert run.early_stop_epoch in G.select_epochs(run, s)
     calls = []
-    real = G._epoch_rows
-    monkeypatch.setattr(G, "_epoch_rows", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = G.epoch_rows
+    monkeypatch.setattr(G, "epoch_rows", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     first = G.gradients_over_epochs(run, s, epochs=[0, 2], data=data)
     assert calls == [0, 2] and sorted(first["epoch"].unique()) == [0, 2]
-    path = G.cache_path(run, "epochs", s.epochs_hash())
-    assert path.exists() and path.with_suffix(".json").exists()
+    entry = G.epochs_cache(run, s)
+    assert entry.path().exists() and (entry.folder / "key.json").exists()
+    assert entry.folder.parent == run.path / "gradients"
     again = G.gradients_over_epochs(run, s, epochs=[0, 2], data=data)
     assert calls == [0, 2]
     pd.testing.assert_frame_equal(first, again)
@@ -180,8 +181,10 @@ def test_epochs_are_cached_and_only_missing_ones_computed(tiny_run, monkeypatch)
     assert calls == [0, 2, 1] and sorted(more["epoch"].unique()) == [0, 1, 2]
     pd.testing.assert_frame_equal(more[more["epoch"] != 1].reset_index(drop=True), first)
     # batch size is not part of the key; the sample size is
-    assert G.GradientSettings(n_examples=40, batch_size=8, num_threads=2).epochs_hash() == s.epochs_hash()
-    assert G.GradientSettings(n_examples=41).epochs_hash() != s.epochs_hash()
+    key = lambda **kw: G.epochs_cache(run, G.GradientSettings(**kw)).key
+    assert key(n_examples=40, batch_size=8, num_threads=2) == entry.key
+    assert key(n_examples=41) != entry.key and key(n_examples=40, seed=1) != entry.key
+    assert G.scaling_cache(run, s).key != entry.key
     with pytest.raises(ConfigError, match="no checkpoint"):
         G.select_epochs(run, G.GradientSettings(epochs="0,99"))
 

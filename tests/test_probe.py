@@ -5,7 +5,7 @@ import torch
 from memgeo.config import ConfigError, ProbeConfig, RunConfig
 from memgeo.data import load_data
 from memgeo.models import build_model
-from memgeo.probe import Probe, geometry_over_epochs, sample_manifolds, select_epochs
+from memgeo.probe import Probe, geometry_cache, geometry_over_epochs, sample_manifolds, select_epochs
 from memgeo.train import train
 
 
@@ -75,6 +75,7 @@ def test_geometry_table_is_cached_and_tidy(cifar_root, tmp_path, monkeypatch):
                               "center_correlation", "K"}
     assert np.isfinite(s[["capacity", "radius", "dimension"]].to_numpy()).all()
     file = next((run.path / "geometry").glob("*/summary.csv"))
+    assert file.parent.name == geometry_cache(run, probe).key
     mtime = file.stat().st_mtime
     s2, _ = geometry_over_epochs(run, probe, layers=["conv2", "logits"], progress=False)
     assert file.stat().st_mtime == mtime                  # nothing recomputed
@@ -83,11 +84,15 @@ def test_geometry_table_is_cached_and_tidy(cifar_root, tmp_path, monkeypatch):
         select_epochs(run, ProbeConfig(P=3, M=5, epochs="0,7"))
 
 
-def test_cached_geometry_is_keyed_by_engine_version(monkeypatch):
+def test_cached_geometry_is_keyed_by_settings_seed_and_engine_version(tmp_path):
     # results of an engine that gives other numbers must not be reused
-    from memgeo import probe as probe_mod
+    from types import SimpleNamespace
+    from memgeo.geometry import ENGINE_VERSION
+    run = SimpleNamespace(path=tmp_path, config=RunConfig())
     p = ProbeConfig()
-    a = probe_mod.probe_hash(p, 0)
-    assert a == probe_mod.probe_hash(p, 0) and a != probe_mod.probe_hash(p, 1)
-    monkeypatch.setattr(probe_mod, "ENGINE_VERSION", probe_mod.ENGINE_VERSION + 1)
-    assert probe_mod.probe_hash(p, 0) != a
+    a = geometry_cache(run, p)
+    assert a.key == geometry_cache(run, p).key and a.version == ENGINE_VERSION
+    assert a.key != geometry_cache(SimpleNamespace(path=tmp_path, config=RunConfig(seed=1)), p).key
+    assert a.key != geometry_cache(run, ProbeConfig(M=49)).key
+    assert a.key == geometry_cache(run, ProbeConfig(max_epochs=3, sim_dichotomies=7)).key   # not in the numbers
+    assert a.folder == tmp_path / "geometry" / a.key
