@@ -1,7 +1,8 @@
 """The methods page's checks of `memgeo.geometry` against results known exactly: capacities of
 points, segments, simplices, balls and inscribed polygons, and simulated against mean-field
 capacity on synthetic manifolds. Synthetic data only (no dataset, no model), so the numbers are the
-same for every preset; the two tables are kept in the result cache under ``<runs>/cache/``.
+same for every preset at the same sizes (`config.ChecksConfig`); the two tables are kept in the
+result cache under ``<runs>/cache/``.
 """
 from __future__ import annotations
 
@@ -18,13 +19,6 @@ KAPPAS = (0.0, 0.5, 1.0, 2.0)
 RADII = (0.5, 1.0, 2.0, 10.0)
 SIMPLICES = (3, 10, 50)
 POLYGONS = (4, 8, 32)
-
-
-def check_sizes(preset_name: str) -> dict:
-    """Monte Carlo sizes of the checks: t-vectors for the exact checks (the capacity's relative MC
-    error is about 1/sqrt(n_t / 8)) and dichotomies for the simulated ones."""
-    smoke = preset_name == "smoke"
-    return {"n_t": 2000 if smoke else 20000, "n_dichotomies": 12 if smoke else 40}
 
 
 def exact_checks(n_t: int) -> pd.DataFrame:

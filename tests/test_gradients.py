@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -209,18 +211,6 @@ def test_verdict_on_a_synthetic_history():
     assert not G.verdict(pd.DataFrame(rows), metrics, early_stop=8)["grows"]   # no memorization phase seen
 
 
-def test_summary_numbers_are_plain_values(tiny_run):
-    import dataclasses
-    run, data = tiny_run
-    s = G.GradientSettings(n_examples=30, epochs="0,3", sizes=(4, 8), repeats=2, batch_size=32)
-    table = G.gradients_over_epochs(run, s, data=data)
-    full = G.gradients_over_epochs(run, dataclasses.replace(s, n_examples=60), epochs=[0], data=data)
-    nums = G.summary_numbers(run, data, s, table, full, G.scaling_at_epoch(run, s, data=data))
-    assert nums["n_train"] == len(data.x_train) and nums["n_unperm_all"] + nums["n_perm_all"] == 60
-    assert nums["verdict"] in ("reproduces", "reproduces only in part", "does not reproduce")
-    assert all(isinstance(v, (int, float, str, bool)) for v in nums.values())
-
-
 def test_scaling_at_epoch_is_cached(tiny_run, monkeypatch):
     run, data = tiny_run
     s = G.GradientSettings(sizes=(4, 8), repeats=2, pool_factor=2, batch_size=16)
@@ -233,7 +223,8 @@ def test_scaling_at_epoch_is_cached(tiny_run, monkeypatch):
 
 
 def test_settings_follow_the_preset():
-    assert G.settings_for(configure("smoke")).sizes == configure("smoke").grad_sizes
-    assert G.settings_for(configure("cpu"), repeats=2).repeats == 2
+    assert configure("smoke").gradients.sizes == (8, 16, 32) and configure("cpu").gradients.n_examples == 1024
+    assert G.settings_for(configure("cpu"), repeats=2) == replace(configure("cpu").gradients, repeats=2)
+    assert configure("smoke", {"gradients.repeats": "5"}).gradients.repeats == 5
     with pytest.raises(ConfigError):
         G.GradientSettings(sizes=())

@@ -161,7 +161,7 @@ def test_fast_path_equals_train_evaluate(run, data, bn, budget):
     if budget == "all":
         nbytes = None
     else:   # room for the inputs of conv4 and logits only: the other layers start from conv4's
-        sizes = inputs._bytes_per_example()
+        sizes = inputs.bytes_per_example()
         nbytes = (sizes["conv4"] + sizes["logits"]) * (len(data.x_train) + len(data.x_test))
         assert set(rw.BlockInputs(run.load_model(3), data, 48, nbytes).kept) == {"conv4", "logits"}
     fast = rw.rewind_table(run, epochs=[1], data=data, cache=False, bn=bn, batch_size=48, budget_bytes=nbytes)
