@@ -77,7 +77,7 @@ def layer_claims(summary: pd.DataFrame, early: int, end: int, thresholds: Thresh
     """
     c = thresholds.change
     first, last = layer_groups(summary)
-    out = {"first_layers": ", ".join(first), "last_layer": last, "early": early, "end": end}
+    out = {"first_layers": ", ".join(first), "last_layer": last, "early": int(early), "end": int(end)}
     out["perm_last"] = ratio(summary, "permuted", [last], early, end)
     out["perm_first"] = ratio(summary, "permuted", first, early, end)
     out["rest_last"] = ratio(summary, "restored", [last], early, end)

@@ -27,3 +27,9 @@ def intro_glue(claims: pd.DataFrame, source: str) -> dict:
     counts = claims["verdict"].value_counts()
     return {"intro_source": source, "n_claims": len(claims), "n_reproduced": int(counts.get(REPRODUCED, 0)),
             "n_partly": int(counts.get(PARTLY, 0)), "n_not": int(counts.get(NOT, 0))}
+
+
+def linked(claims: pd.DataFrame) -> pd.DataFrame:
+    """The claim table with each section name a link to its page (for HTML)."""
+    return claims.assign(section=claims["section"].map(
+        lambda s: f'<a href="{s}.html">{s.replace("_", " ")}</a>'))
