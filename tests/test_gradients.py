@@ -61,13 +61,6 @@ def test_split_parts_sum_to_the_full_gradient(tiny_run):
     assert t.set_index("layer").loc[G.ALL, "norm_full"] == pytest.approx(np.sqrt(total))
 
 
-def test_per_example_gradients_refuse_train_mode(tiny_run):
-    run, data = tiny_run
-    model = run.load_model(0).train()
-    with pytest.raises(ValueError, match="eval mode"):
-        G.per_example_gradients(model, data.normalise(data.x_train[:2]), data.train_label[:2])
-
-
 def _const_fn(vectors):
     def fn(idx):
         return {"w": vectors[torch.as_tensor(idx)]}
@@ -88,17 +81,6 @@ def test_coherence_identical_and_orthogonal():
     assert row["coherence_unpermuted"] == pytest.approx(1.0)
     assert row["coherence_permuted"] == pytest.approx(1 / n)
     assert row["per_example_unpermuted"] == pytest.approx(float(same[0].norm()))
-
-
-def test_subset_sums_match_direct_sums():
-    vecs = torch.randn(20, 7).double()
-    member = (np.random.default_rng(0).random((3, 20)) < 0.5).astype(float)
-    s = G.subset_gradient_sums(_const_fn(vecs), np.arange(20), member, batch_size=6)
-    m = torch.as_tensor(member)
-    torch.testing.assert_close(s.sums["w"], m @ vecs)
-    torch.testing.assert_close(s.sq["w"], m @ vecs.pow(2).sum(1))
-    with pytest.raises(ValueError, match="membership"):
-        G.subset_gradient_sums(_const_fn(vecs), np.arange(20), member[:, :5])
 
 
 def test_balanced_order_and_stratified_sample():
