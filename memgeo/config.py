@@ -202,15 +202,14 @@ class GradientConfig:
 
 @dataclass(frozen=True)
 class RewindConfig:
-    """Layer rewinding (the rewinding section)."""
+    """Layer rewinding (the rewinding section; its figures rewind BatchNorm with its layer, and it
+    compares recomputed statistics at the early-stopping epoch)."""
 
     n_epochs: int = 8               # how many saved epochs to rewind to (see rewind.default_epochs)
-    bn: str = "rewind"              # BatchNorm in the figures: "rewind" (with its layer) or "recompute"
-    batch_size: int = 128
+    batch_size: int = 128           # evaluation batch (memory only; not in the cache key)
 
     def __post_init__(self) -> None:
         _coerce_fields(self)
-        _choice("bn", self.bn, ("rewind", "recompute"))
         if self.n_epochs < 1 or self.batch_size < 1:
             raise ConfigError("n_epochs and batch_size must be >= 1")
 

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .cache import ResultCache
-from .config import Thresholds
+from .config import RewindConfig, Thresholds
 from .data import LabelledData
 from .models import BlockNet
 from .runs import CheckpointError, Run
@@ -201,7 +201,7 @@ def _check_epochs(run: Run, epochs) -> None:
                               f"saved epochs: {saved}")
 
 
-def default_epochs(run: Run, n: int = 8, final_epoch: int | None = None) -> list[int]:
+def default_epochs(run: Run, n: int = RewindConfig().n_epochs, final_epoch: int | None = None) -> list[int]:
     """About `n` saved epochs to rewind to: 0, the early-stopping epoch (even when it is the final
     one, so that the summaries have it), and roughly log-spaced epochs from 1 to three quarters of
     training (snapped to saved checkpoints)."""
