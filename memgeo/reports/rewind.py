@@ -12,7 +12,7 @@ from ..verdicts import binomial_se, maini_verdict, rewind_verdict
 from . import Report
 
 
-def rewind_report(p: Preset, progress: bool = False) -> Report:
+def rewind_report(p: Preset, progress: bool = True) -> Report:
     """Rewind the shared run's layers (single and cumulative, BatchNorm rewound with its layer) to
     `p.rewind.n_epochs` saved epochs, and to the early-stopping epoch with BatchNorm recomputed
     (all cached), and say what they show.
@@ -23,7 +23,7 @@ def rewind_report(p: Preset, progress: bool = False) -> Report:
     th = p.thresholds
     es = run.early_stop_epoch
     epochs = default_epochs(run, n=p.rewind.n_epochs)
-    table = rewind_table(run, epochs=epochs, bn="rewind", batch_size=p.rewind.batch_size, progress=True)
+    table = rewind_table(run, epochs=epochs, bn="rewind", batch_size=p.rewind.batch_size, progress=progress)
     s = summary(table, run, threshold=th.recovered)
     ms = maini_summary(table, run, threshold=th.recovered)
     gaps = gap_table(table, run)
