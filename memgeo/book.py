@@ -26,7 +26,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import ConfigError, Preset, configure, preset as preset_named
+from .config import ConfigError, Preset, config_group, configure, preset as preset_named
 from .paths import REPO_ROOT
 
 ENV_PRESET = "MEMGEO_PRESET"
@@ -38,7 +38,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 def _current(p: Preset, key: str):
     """The preset's value for a config key (prefixes as in `configure`); KeyError if there is none."""
     head, _, tail = key.rpartition(".")
-    obj = {"": p.run, "run": p.run, "probe": p.probe, "sweep": p.sweep, "sweep.run": p.sweep.run}.get(head)
+    obj = config_group(p, head)
     if obj is None or tail not in {f.name for f in fields(obj)}:
         raise KeyError(key)
     value = getattr(obj, tail)
@@ -169,6 +169,14 @@ def configure_notebook(preset: str | None = "cpu", overrides: Mapping[str, Any] 
         merged[key] = value
         labels[key] = f"{ENV_SET} {key}"
     return configure(name, notebook_overrides(base, merged, labels))
+
+
+def glue_all(values: Mapping[str, Any]) -> None:
+    """Glue every value of a section report (`memgeo.reports`) under its name, for the page's text."""
+    from myst_nb import glue
+
+    for name, value in values.items():
+        glue(name, value, display=False)
 
 
 def describe(p: Preset, run=None, widths=None) -> str:

@@ -1,7 +1,13 @@
-"""Frozen, hashable configurations and the three presets (smoke, cpu, paper).
+"""Every setting in one place: frozen, hashable configurations and the three presets (smoke, cpu,
+paper).
 
-A run is a pure function of its `RunConfig`: the folder that holds its results is named by
-`RunConfig.hash()`, so asking twice for the same config reuses the same folder.
+- `RunConfig`: a training run. A run is a pure function of its config: the folder that holds its
+  results is named by `RunConfig.hash()`, so asking twice for the same config reuses the folder.
+- `ProbeConfig`: the manifold analysis (layers section); `SweepConfig`: the width sweep (double
+  descent); `GradientConfig`: the gradient analysis; `RewindConfig`: layer rewinding;
+  `ChecksConfig`: the methods page's checks against exact results.
+- `Thresholds`: every threshold a verdict uses (`memgeo.verdicts` applies them).
+- `Preset`: one of each, defined once per preset in `_presets`; `configure` applies overrides.
 """
 from __future__ import annotations
 
@@ -167,12 +173,90 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class GradientConfig:
+    """The gradient analysis (the gradients section): the epoch table and the scaling test."""
+
+    n_examples: int = 1024          # fixed random sample of the training subset (0 = all of it)
+    epochs: str = "auto"            # "auto" (init, log-spaced, early stop, end) or "0,5,40"
+    max_epochs: int = 9             # how many epochs "auto" picks (early stop and end included)
+    sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512)   # n for the scaling test
+    repeats: int = 4                # random nested subsets per group in the scaling test
+    pool_factor: int = 2            # scaling pool per group = pool_factor * max(sizes)
+    scaling_epoch: int = 0          # the checkpoint the scaling test uses (0 = initialisation)
+    balanced: bool = True           # scaling subsets balanced over training labels (within one)
+    seed: int = 0
+    batch_size: int = 64            # examples per vmap call (memory only; not in the cache key)
+    num_threads: int = 1            # CPU threads for per-example gradients (0: torch's setting; not in the key)
+
+    def __post_init__(self) -> None:
+        _coerce_fields(self)
+        if self.n_examples < 0:
+            raise ConfigError(f"n_examples={self.n_examples} must be >= 0 (0 means the whole training subset)")
+        if not self.sizes or min(self.sizes) < 1:
+            raise ConfigError(f"sizes={self.sizes}: give positive subset sizes")
+        if self.repeats < 1 or self.pool_factor < 1 or self.batch_size < 1 or self.max_epochs < 2:
+            raise ConfigError("repeats, pool_factor and batch_size must be >= 1 and max_epochs >= 2")
+        if self.num_threads < 0:
+            raise ConfigError(f"num_threads={self.num_threads} must be >= 0 (0 keeps torch's setting)")
+
+
+@dataclass(frozen=True)
+class RewindConfig:
+    """Layer rewinding (the rewinding section; its figures rewind BatchNorm with its layer, and it
+    compares recomputed statistics at the early-stopping epoch)."""
+
+    n_epochs: int = 8               # how many saved epochs to rewind to (see rewind.default_epochs)
+    batch_size: int = 128           # evaluation batch (memory only; not in the cache key)
+
+    def __post_init__(self) -> None:
+        _coerce_fields(self)
+        if self.n_epochs < 1 or self.batch_size < 1:
+            raise ConfigError("n_epochs and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """The methods page's checks of the geometry against exact results (synthetic data)."""
+
+    n_t: int = 20000                # t-vectors per check: the capacity's relative MC error is ~1/sqrt(n_t / 8)
+    n_dichotomies: int = 40         # random dichotomies per simulated capacity
+
+    def __post_init__(self) -> None:
+        _coerce_fields(self)
+        if self.n_t < 4 or self.n_dichotomies < 1:
+            raise ConfigError("n_t must be >= 4 and n_dichotomies >= 1")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every threshold a verdict uses, in one place (`memgeo.verdicts` applies them; the book
+    states each next to its verdict)."""
+
+    change: float = 0.10            # layer claims: a ratio counts as a rise (fall) above 1 + change (below 1 - change)
+    fitted_gap: float = 0.2         # claim 1: unpermuted fitted this much better than permuted memorized at early stop
+    recovered: float = 0.5          # rewinding: "most" of the gap recovered; Maini: "half" the memorization removed
+    late_share: float = 0.8         # Maini: the late half accounts for less than this of what single rewinds remove
+    interpolation_tol: float = 0.01 # double descent: train error that counts as fitting the noisy set
+    peak_sigmas: float = 2.0        # double descent: a peak exceeds this many standard errors of a difference
+    peak_near: float = 2.0          # double descent: a peak within this factor of the threshold is "at" it
+    gradient_small: float = 0.5     # claim 5: permuted / unpermuted ratio at initialisation called small below this
+    gradient_growth: float = 1.5    # claim 5: growth over initialisation during memorization
+    gradient_slope_tol: float = 0.15  # claim 5: fitted scaling slope within this of -1/2
+    memorized: float = 0.99         # permuted examples fitted to this: the memorization phase is over
+    simulated_close: float = 0.15   # Fig. 1B: median |simulated - mean-field| / mean-field for "reproduced"
+    simulated_partly: float = 0.3   # ... and for "partly"
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     run: RunConfig
     probe: ProbeConfig
     sweep: SweepConfig
-    grad_sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512)   # n for the scaling test
+    gradients: GradientConfig = field(default_factory=GradientConfig)
+    rewind: RewindConfig = field(default_factory=RewindConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+    thresholds: Thresholds = field(default_factory=Thresholds)
 
 
 def _is_bool(v: Any) -> bool:
@@ -329,19 +413,22 @@ def _presets() -> dict[str, Preset]:
             SweepConfig(widths=(1, 2, 4), analysis_M=4,
                         run=replace(smoke_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=2,
                                     checkpoints="log")),
-            grad_sizes=(8, 16, 32)),
+            GradientConfig(n_examples=200, max_epochs=3, repeats=3, sizes=(8, 16, 32)),
+            checks=ChecksConfig(n_t=2000, n_dichotomies=12)),
         "cpu": Preset(
             "cpu", cpu_run, ProbeConfig(P=10, M=50, n_t=200, proj_dim=5000, max_epochs=6, sim_dichotomies=20),
             SweepConfig(widths=(1, 2, 3, 4, 6, 8, 12, 16),
                         run=replace(cpu_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=80,
                                     train_per_class=500, schedule="constant", checkpoints="log",
-                                    width=1))),
+                                    width=1)),
+            GradientConfig(n_examples=1024, max_epochs=9, repeats=4)),
         "paper": Preset(
             "paper", paper_run, ProbeConfig(P=100, M=50, n_t=300, proj_dim=5000),
             SweepConfig(widths=(1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64),
                         run=RunConfig(dataset="cifar10", train_per_class=0, test_per_class=0,
                                       model="resnet18", eps=0.15, optimizer="adam", lr=1e-4,
-                                      epochs=4000, augment=True, checkpoints="log"))),
+                                      epochs=4000, augment=True, checkpoints="log")),
+            GradientConfig(n_examples=10000, max_epochs=12, repeats=8)),
     }
 
 
@@ -356,17 +443,36 @@ def configure(name: str, overrides: Mapping[str, Any] | None = None) -> Preset:
 
     Keys: a RunConfig field ("eps", "seed", "unverified_local_copy", ...) applies to the main run
     and to the width sweep's runs; "run.X" to the main run only; "probe.X" to the manifold
-    analysis; "sweep.X" to the sweep (widths, analysis_M) and "sweep.run.X" to its runs only.
+    analysis; "sweep.X" to the sweep (widths, analysis_M) and "sweep.run.X" to its runs only;
+    "gradients.X", "rewind.X", "checks.X" and "thresholds.X" to the gradient analysis, the
+    rewinding, the methods page's checks and the verdicts' thresholds.
     """
     p = preset(name)
-    groups: dict[str, dict[str, Any]] = {"": {}, "run": {}, "probe": {}, "sweep": {}, "sweep.run": {}}
+    groups: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
     for key, value in (overrides or {}).items():
         head, _, tail = key.rpartition(".")
         if head not in groups:
-            raise ConfigError(f"unknown config key {key!r}: prefix with nothing, run., probe., sweep. or sweep.run.")
+            prefixes = [f"{g}." for g in GROUPS if g]
+            raise ConfigError(f"unknown config key {key!r}: prefix with nothing, {', '.join(prefixes[:-1])} "
+                              f"or {prefixes[-1]}")
         groups[head][tail] = value
     run = apply_overrides(apply_overrides(p.run, groups[""]), groups["run"])
     sweep_run = apply_overrides(apply_overrides(p.sweep.run, groups[""]), groups["sweep.run"])
     sweep = apply_overrides(replace(p.sweep, run=sweep_run), groups["sweep"])
     probe = apply_overrides(p.probe, groups["probe"])
-    return replace(p, run=run, sweep=sweep, probe=probe)
+    return replace(p, run=run, sweep=sweep, probe=probe,
+                   gradients=apply_overrides(p.gradients, groups["gradients"]),
+                   rewind=apply_overrides(p.rewind, groups["rewind"]),
+                   checks=apply_overrides(p.checks, groups["checks"]),
+                   thresholds=apply_overrides(p.thresholds, groups["thresholds"]))
+
+
+#: Prefixes of `configure`'s keys ("" = both training runs).
+GROUPS = ("", "run", "probe", "sweep", "sweep.run", "gradients", "rewind", "checks", "thresholds")
+
+
+def config_group(p: Preset, prefix: str):
+    """The config a key prefix of `configure` addresses (None for an unknown prefix; "" is the main run)."""
+    return {"": p.run, "run": p.run, "probe": p.probe, "sweep": p.sweep, "sweep.run": p.sweep.run,
+            "gradients": p.gradients, "rewind": p.rewind, "checks": p.checks,
+            "thresholds": p.thresholds}.get(prefix)

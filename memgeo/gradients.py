@@ -28,204 +28,43 @@ gradients of a pool of examples and a membership matrix (subsets x pool), it acc
 chunk, every subset's gradient sum and sum of squared per-example norms. The epoch analysis uses two
 subsets (the unpermuted and permuted examples of a fixed sample, stratified by group and training
 label); the scaling test uses nested random subsets of growing size n of each group, balanced over
-the training labels. Results are cached as tidy CSV tables in the run
-folder, under ``gradients/``, and only what is missing is computed.
+the training labels; both primitives live in `memgeo.per_example`. Results are tidy tables in the
+run's result cache (`memgeo.cache`, under ``gradients/``), and only what is missing is computed.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from .config import ConfigError, Preset
+from .cache import ResultCache
+from .config import ConfigError, GradientConfig, Preset, Thresholds
 from .data import LabelledData, derived_seed
 from .models import BlockNet
-from .train import Run, atomic_write_text
+# Per-example gradients and subset sums (the primitives), importable from here too:
+from .per_example import (ALL, GradFn, SubsetSums, coherence, layer_parameters, model_grad_fn,  # noqa: F401
+                          per_example_gradients, subset_gradient_sums)
+from .runs import Run
+from .verdicts import gradient_claim
 
 GROUPS = ("unpermuted", "permuted")
-ALL = "all"   # pseudo-layer: every parameter of the network together
-
-GradFn = Callable[[np.ndarray], "dict[str, torch.Tensor]"]
 
 
 # ---------------------------------------------------------------------------------------------
-# Settings
+# Settings: `config.GradientConfig` (sized per preset in `config._presets`, `Preset.gradients`)
 
-@dataclass(frozen=True)
-class GradientSettings:
-    """What the gradient analysis computes (the epoch table and the scaling test)."""
-
-    n_examples: int = 1024          # fixed random sample of the training subset (0 = all of it)
-    epochs: str = "auto"            # "auto" (init, log-spaced, early stop, end) or "0,5,40"
-    max_epochs: int = 9             # how many epochs "auto" picks (early stop and end included)
-    sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512)   # n for the scaling test
-    repeats: int = 4                # random nested subsets per group in the scaling test
-    pool_factor: int = 2            # scaling pool per group = pool_factor * max(sizes)
-    scaling_epoch: int = 0          # the checkpoint the scaling test uses (0 = initialisation)
-    balanced: bool = True           # scaling subsets balanced over training labels (within one)
-    seed: int = 0
-    batch_size: int = 64            # examples per vmap call (memory only; not in the cache key)
-    num_threads: int = 1            # CPU threads for per-example gradients (0: torch's setting; not in the key)
-
-    def __post_init__(self) -> None:
-        if self.n_examples < 0:
-            raise ConfigError(f"n_examples={self.n_examples} must be >= 0 (0 means the whole training subset)")
-        if not self.sizes or min(self.sizes) < 1:
-            raise ConfigError(f"sizes={self.sizes}: give positive subset sizes")
-        if self.repeats < 1 or self.pool_factor < 1 or self.batch_size < 1 or self.max_epochs < 2:
-            raise ConfigError("repeats, pool_factor and batch_size must be >= 1 and max_epochs >= 2")
-        if self.num_threads < 0:
-            raise ConfigError(f"num_threads={self.num_threads} must be >= 0 (0 keeps torch's setting)")
-
-    def epochs_hash(self) -> str:
-        return _short_hash({"n_examples": self.n_examples, "seed": self.seed, "version": 2})
-
-    def scaling_hash(self) -> str:
-        return _short_hash({"sizes": list(self.sizes), "repeats": self.repeats, "pool_factor": self.pool_factor,
-                            "epoch": self.scaling_epoch, "seed": self.seed, "balanced": self.balanced,
-                            "version": 2})
+GradientSettings = GradientConfig     # its former name
+THRESHOLDS = Thresholds()             # the defaults of the verdicts' thresholds
 
 
-def _short_hash(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def settings_for(p: Preset, **overrides) -> GradientSettings:
-    """Gradient settings sized for a preset (`smoke` seconds, `cpu` a few minutes, `paper` a GPU)."""
-    base = {"smoke": dict(n_examples=200, max_epochs=3, repeats=3),
-            "cpu": dict(n_examples=1024, max_epochs=9, repeats=4),
-            "paper": dict(n_examples=10000, max_epochs=12, repeats=8)}.get(p.name, {})
-    base["sizes"] = tuple(p.grad_sizes)
-    base.update(overrides)
-    return GradientSettings(**base)
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-example gradients
-
-def layer_parameters(model: BlockNet) -> "dict[str, list[str]]":
-    """Trainable parameter names grouped by the layer that owns them, in layer order."""
-    out: dict[str, list[str]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            out.setdefault(model.block_of(name), []).append(name)
-    return out
-
-
-def per_example_gradients(model: BlockNet, x: torch.Tensor, y: torch.Tensor) -> "dict[str, torch.Tensor]":
-    """Per-example gradients of the cross-entropy of (x, y), flattened per layer: {layer: (B, P_layer)}.
-
-    Eval mode (BatchNorm on running statistics) through torch.func; `x` is a float, normalised batch.
-    """
-    from torch.func import functional_call, grad, vmap
-
-    if model.training:
-        raise ValueError("per-example gradients need the model in eval mode (call model.eval()): "
-                         "train-mode BatchNorm couples the examples of a batch")
-    groups = layer_parameters(model)
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def loss_one(p, b, xi, yi):
-        return F.cross_entropy(functional_call(model, (p, b), (xi[None],)), yi[None])
-
-    g = vmap(grad(loss_one), in_dims=(None, None, 0, 0))(params, buffers, x, y)
-    n = x.shape[0]
-    return {layer: torch.cat([g[k].reshape(n, -1) for k in names], dim=1) for layer, names in groups.items()}
-
-
-def model_grad_fn(model: BlockNet, data: LabelledData, batch_size: int = 64, num_threads: int = 0) -> GradFn:
-    """Per-example gradient function over the training subset (indices -> {layer: (B, P)}),
-    against the training labels, in eval mode and contiguous memory format.
-
-    `num_threads` > 0 sets torch's CPU threads during each call (restored after): the vmapped
-    per-example convolutions are small and scale poorly over threads, and on a shared CPU one
-    thread was 2-8x faster per example than two (4.9 ms against 10-40 ms on the cpu preset's model).
-    """
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    first = next(model.parameters())
-    dev, dtype = first.device, first.dtype
-
-    def fn(idx: np.ndarray) -> "dict[str, torch.Tensor]":
-        t = torch.as_tensor(idx, device=data.x_train.device)
-        x = data.normalise(data.x_train[t], dtype=dtype).to(dev).contiguous()
-        if num_threads <= 0 or dev.type != "cpu":
-            return per_example_gradients(model, x, data.train_label[t].to(dev))
-        before = torch.get_num_threads()
-        torch.set_num_threads(num_threads)
-        try:
-            return per_example_gradients(model, x, data.train_label[t].to(dev))
-        finally:
-            torch.set_num_threads(before)
-
-    fn.batch_size = batch_size
-    return fn
-
-
-@dataclass
-class SubsetSums:
-    """Per layer: `sums[layer]` (S, P) gradient sum of every subset, `sq[layer]` (S,) sum of
-    squared per-example norms; `counts` (S,) subset sizes."""
-
-    sums: "dict[str, torch.Tensor]"
-    sq: "dict[str, torch.Tensor]"
-    counts: np.ndarray
-
-    @property
-    def layers(self) -> list[str]:
-        return list(self.sums)
-
-    def gram(self) -> "dict[str, np.ndarray]":
-        """Per layer (and "all"): the (S, S) matrix of dot products between subset sums."""
-        out = {k: (v.double() @ v.double().T).cpu().numpy() for k, v in self.sums.items()}
-        out[ALL] = sum(out.values())
-        return out
-
-    def sq_all(self) -> "dict[str, np.ndarray]":
-        out = {k: v.double().cpu().numpy() for k, v in self.sq.items()}
-        out[ALL] = sum(out.values())
-        return out
-
-
-def subset_gradient_sums(grad_fn: GradFn, pool: np.ndarray, membership: np.ndarray,
-                         batch_size: int | None = None) -> SubsetSums:
-    """Gradient sums of many subsets of a pool in one pass over its per-example gradients.
-
-    `pool` (N,) indices passed to `grad_fn`; `membership` (S, N) 0/1: subset s holds pool[j] when
-    membership[s, j]. Only pool examples in at least one subset are evaluated, `batch_size` at a time.
-    """
-    pool = np.asarray(pool)
-    member = np.asarray(membership, dtype=np.float64)
-    if member.ndim != 2 or member.shape[1] != len(pool):
-        raise ValueError(f"membership must be (subsets, {len(pool)}), got {member.shape}")
-    used = np.flatnonzero(member.any(0))
-    bs = batch_size or getattr(grad_fn, "batch_size", 64)
-    sums: dict[str, torch.Tensor] = {}
-    sq: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for start in range(0, len(used), bs):
-            cols = used[start:start + bs]
-            g = grad_fn(pool[cols])
-            for layer, gl in g.items():
-                m = torch.as_tensor(member[:, cols], dtype=gl.dtype, device=gl.device)
-                s, q = m @ gl, m @ gl.pow(2).sum(1)
-                if layer in sums:
-                    sums[layer] += s
-                    sq[layer] += q
-                else:
-                    sums[layer], sq[layer] = s, q
-    if not sums:
-        raise ValueError("every subset is empty")
-    return SubsetSums(sums, sq, member.sum(1).astype(int))
+def settings_for(p: Preset, **overrides) -> GradientConfig:
+    """The preset's gradient settings (`p.gradients`) with `overrides` applied."""
+    return dataclasses.replace(p.gradients, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,12 +110,6 @@ def _div(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 
 
-def coherence(per_example: torch.Tensor) -> float:
-    """||sum_i g_i||^2 / (n sum_i ||g_i||^2) of an (n, P) stack: 1 identical, 1/n orthogonal."""
-    g = per_example.double()
-    return float(g.sum(0).pow(2).sum() / (len(g) * g.pow(2).sum()))
-
-
 def gradient_split(grad_fn: GradFn, index: np.ndarray, permuted: np.ndarray,
                    batch_size: int | None = None) -> GradientSplit:
     """Split the gradient of the mean loss over examples `index` by the boolean `permuted` (per index)."""
@@ -310,7 +143,7 @@ def gradient_sample(data: LabelledData, n_examples: int, seed: int = 0) -> np.nd
     return stratified_sample(strata, n_examples, np.random.default_rng(derived_seed(seed, "gradients", "sample")))
 
 
-def split_at_epoch(run: Run, epoch: int, data: LabelledData, settings: GradientSettings) -> GradientSplit:
+def split_at_epoch(run: Run, epoch: int, data: LabelledData, settings: GradientConfig) -> GradientSplit:
     """The gradient split for one checkpoint of a run, on the settings' fixed sample."""
     model = run.load_model(epoch, device=data.x_train.device)
     idx = gradient_sample(data, settings.n_examples, settings.seed)
@@ -324,7 +157,7 @@ def split_at_epoch(run: Run, epoch: int, data: LabelledData, settings: GradientS
 MEMORIZATION_LEVELS = (0.25, 0.5, 0.9)   # "auto" epochs: where the permuted examples reach these
 
 
-def select_epochs(run: Run, settings: GradientSettings) -> list[int]:
+def select_epochs(run: Run, settings: GradientConfig) -> list[int]:
     """The checkpoints to analyse. "auto": initialization, the early-stopping epoch, the end, the
     first epochs at which the permuted examples are memorized to each of MEMORIZATION_LEVELS
     (training-label accuracy), then log-spaced epochs, up to `max_epochs` saved checkpoints."""
@@ -357,56 +190,52 @@ def select_epochs(run: Run, settings: GradientSettings) -> list[int]:
     return sorted(chosen)
 
 
-def _epoch_rows(run: Run, epoch: int, data: LabelledData, settings: GradientSettings) -> pd.DataFrame:
+CACHE_VERSION = 2     # bump when the numbers a cache key stands for change
+
+
+def epochs_cache(run: Run, settings: GradientConfig) -> ResultCache:
+    """Cache entry of the epoch table: keyed by the sample (size and seed); epochs are its chunks."""
+    return ResultCache.of_run(run, "gradients", {"table": "epochs", "n_examples": settings.n_examples},
+                              seed=settings.seed, version=CACHE_VERSION)
+
+
+def scaling_cache(run: Run, settings: GradientConfig) -> ResultCache:
+    """Cache entry of the scaling test: keyed by everything that draws its subsets and its checkpoint."""
+    return ResultCache.of_run(run, "gradients", {
+        "table": "scaling", "sizes": list(settings.sizes), "repeats": settings.repeats,
+        "pool_factor": settings.pool_factor, "epoch": settings.scaling_epoch, "balanced": settings.balanced},
+        seed=settings.seed, version=CACHE_VERSION)
+
+
+def epoch_rows(run: Run, epoch: int, data: LabelledData, settings: GradientConfig) -> pd.DataFrame:
+    """The split table (`GradientSplit.table`) of one checkpoint, with its epoch as first column."""
     t = split_at_epoch(run, epoch, data, settings).table()
     t.insert(0, "epoch", epoch)
     return t
 
 
-def gradients_over_epochs(run: Run, settings: GradientSettings, epochs: Sequence[int] | None = None,
+def gradients_over_epochs(run: Run, settings: GradientConfig, epochs: Sequence[int] | None = None,
                           data: LabelledData | None = None, progress: bool = False) -> pd.DataFrame:
     """Tidy table (one row per epoch x layer) of the gradient split over a run's checkpoints.
 
-    Cached in ``<run>/gradients/epochs-<settings hash>.csv``; only missing epochs are computed, and
-    the file is rewritten (atomically) after each one, so an interrupted analysis resumes.
+    Kept in the run's result cache (`epochs_cache`), one chunk per epoch: only missing epochs are
+    computed, and the table is rewritten (atomically) after each one, so an interrupted analysis
+    resumes.
     """
     epochs = sorted(set(epochs if epochs is not None else select_epochs(run, settings)))
-    path = cache_path(run, "epochs", settings.epochs_hash())
-    table = _read_cache(path)
-    todo = [e for e in epochs if table.empty or e not in set(table["epoch"])]
+    cache = epochs_cache(run, settings)
+    table = cache.read()
+    todo = cache.missing("table", epochs, ["epoch"])
     if todo:
         data = data if data is not None else run.load_data()
         bar = _bar(progress, len(todo), f"gradients [{run.path.name}]")
         for e in todo:
-            rows = _epoch_rows(run, e, data, settings)
-            table = _read_cache(path)  # merge with anything written meanwhile
-            table = rows if table.empty else pd.concat([table[table["epoch"] != e], rows], ignore_index=True)
-            table = table.sort_values(["epoch"], kind="stable").reset_index(drop=True)
-            _write_cache(path, table, settings)
+            table = cache.add("table", epoch_rows(run, e, data, settings), ["epoch"], order=["epoch"])
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
     return table[table["epoch"].isin(epochs)].reset_index(drop=True)
-
-
-def cache_path(run: Run, kind: str, key: str) -> Path:
-    return run.path / "gradients" / f"{kind}-{key}.csv"
-
-
-def _read_cache(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
-
-
-def _write_cache(path: Path, table: pd.DataFrame, settings: GradientSettings) -> None:
-    run_folder = path.parent.parent
-    if not (run_folder / "config.json").exists():
-        raise FileNotFoundError(f"{run_folder} is no longer a run folder (deleted meanwhile?): not writing {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = path.with_suffix(".json")
-    if not meta.exists():
-        atomic_write_text(meta, json.dumps(dataclasses.asdict(settings), indent=2))
-    atomic_write_text(path, table.to_csv(index=False))
 
 
 def _bar(progress: bool, total: int, desc: str):
@@ -567,7 +396,7 @@ def output_uniformity(model: BlockNet, data: LabelledData, index: np.ndarray) ->
             "uniform": 1.0 / out.shape[1]}
 
 
-def scaling_pools(data: LabelledData, settings: GradientSettings) -> "dict[str, np.ndarray]":
+def scaling_pools(data: LabelledData, settings: GradientConfig) -> "dict[str, np.ndarray]":
     """Random pools of each group: pool_factor * max(sizes) examples (or all there are), with the
     group's composition of training labels when `settings.balanced` (stratified draw)."""
     perm = data.permuted.cpu().numpy()
@@ -586,34 +415,35 @@ def scaling_pools(data: LabelledData, settings: GradientSettings) -> "dict[str, 
     return pools
 
 
-def scaling_at_epoch(run: Run, settings: GradientSettings, data: LabelledData | None = None) -> pd.DataFrame:
+def scaling_at_epoch(run: Run, settings: GradientConfig, data: LabelledData | None = None) -> pd.DataFrame:
     """The scaling test on a run's checkpoint (`settings.scaling_epoch`, by default initialisation),
-    cached in ``<run>/gradients/scaling-<settings hash>.csv``."""
-    path = cache_path(run, "scaling", settings.scaling_hash())
-    if path.exists():
-        return pd.read_csv(path)
-    data = data if data is not None else run.load_data()
-    model = run.load_model(settings.scaling_epoch, device=data.x_train.device)
-    labels = data.train_label.cpu().numpy() if settings.balanced else None
-    table = scaling_table(model_grad_fn(model, data, settings.batch_size, settings.num_threads),
-                          scaling_pools(data, settings),
-                          settings.sizes, settings.repeats, settings.seed, settings.batch_size, labels)
-    table.insert(0, "epoch", settings.scaling_epoch)
-    _write_cache(path, table, settings)
-    return table
+    kept in the run's result cache (`scaling_cache`)."""
+
+    def compute() -> pd.DataFrame:
+        d = data if data is not None else run.load_data()
+        model = run.load_model(settings.scaling_epoch, device=d.x_train.device)
+        labels = d.train_label.cpu().numpy() if settings.balanced else None
+        table = scaling_table(model_grad_fn(model, d, settings.batch_size, settings.num_threads),
+                              scaling_pools(d, settings),
+                              settings.sizes, settings.repeats, settings.seed, settings.batch_size, labels)
+        table.insert(0, "epoch", settings.scaling_epoch)
+        return table
+
+    return scaling_cache(run, settings).get(compute)
 
 
 # ---------------------------------------------------------------------------------------------
-# Summary numbers and figures
+# Claim 5's numbers
 
 def verdict(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, layer: str = ALL,
-            small: float = 0.5, growth: float = 1.5, full_init: pd.DataFrame | None = None) -> dict:
+            small: float = THRESHOLDS.gradient_small, growth: float = THRESHOLDS.gradient_growth,
+            full_init: pd.DataFrame | None = None, memorized: float = THRESHOLDS.memorized) -> dict:
     """Numbers for the paper's claim 5 on one layer (default: the whole network).
 
     ratio_init / ratio_early / ratio_end: permuted / unpermuted part of the loss gradient at
     initialization, at the early-stopping epoch and at the end; ratio_max and its epoch.
     The memorization phase is the analysed epochs after the early-stopping epoch at which the
-    permuted examples are fitted to their training labels between MEMORIZATION_LEVELS[0] and 0.99:
+    permuted examples are fitted to their training labels between MEMORIZATION_LEVELS[0] and `memorized`:
     `ratio_memorizing` is the mean ratio there, `growth` = ratio_memorizing / ratio_init, and the
     mean accuracies there. `small_init`: the ratio at initialization is below `small`, measured on
     `full_init` (the split at epoch 0 on the whole training subset) when given, else on the sample;
@@ -630,7 +460,7 @@ def verdict(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, layer: 
            "cosine_init": float(d["cosine"].iloc[0]), "n_sample": int(d["n"].iloc[0])}
     m = metrics.set_index("epoch")
     memo = m["acc_permuted_train"].reindex(r.index)
-    phase = r.index[(r.index > early_stop) & (memo >= MEMORIZATION_LEVELS[0]).values & (memo < 0.99).values]
+    phase = r.index[(r.index > early_stop) & (memo >= MEMORIZATION_LEVELS[0]).values & (memo < memorized).values]
     out["epochs_memorizing"] = [int(e) for e in phase]
     nan = float("nan")
     out["ratio_memorizing"] = float(r.loc[phase].mean()) if len(phase) else nan
@@ -641,244 +471,8 @@ def verdict(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, layer: 
                               if full_init is not None else nan)
     out["cosine_init_full"] = (float(full_init.set_index("layer").loc[layer, "cosine"])
                                if full_init is not None else nan)
-    out["small_init"] = bool((out["ratio_init_full"] if full_init is not None else out["ratio_init"]) < small)
-    out["grows"] = bool(out["growth"] >= growth)   # False when nan (no memorization phase analysed)
+    # the rule of claim 5 (False for a nan growth: no memorization phase analysed)
+    claim = gradient_claim(out["ratio_init_full"] if full_init is not None else out["ratio_init"], out["growth"],
+                           dataclasses.replace(THRESHOLDS, gradient_small=small, gradient_growth=growth))
+    out["small_init"], out["grows"] = claim["small_init"], claim["grows"]
     return out
-
-
-def summary_numbers(run: Run, data: LabelledData, settings: GradientSettings, table: pd.DataFrame,
-                    full_init: pd.DataFrame, scaling: pd.DataFrame, small: float = 0.5, growth: float = 1.5,
-                    slope_tol: float = 0.15, layer: str = ALL) -> dict:
-    """Every number (and the few sentences that depend on them) that the book's gradient section
-    quotes, as plain Python values ready for `glue`.
-
-    `table`: gradients_over_epochs; `full_init`: the split at epoch 0 on the whole training subset;
-    `scaling`: scaling_at_epoch. Thresholds: `small` (ratio at init), `growth` (memorization phase
-    over init), `slope_tol` (distance of the fitted slope from -1/2).
-    """
-    early = run.early_stop_epoch
-    v = verdict(table, run.metrics, early, layer=layer, small=small, growth=growth, full_init=full_init)
-    slopes = fit_slopes(scaling).set_index("layer")
-    comp_t = fit_two_components(scaling)
-    comp = comp_t.set_index(["layer", "group"])
-    uni = output_uniformity(run.load_model(0, device=data.x_train.device), data,
-                            gradient_sample(data, settings.n_examples, settings.seed))
-    s_all, s_log = slopes.loc[layer], slopes.loc["logits"]
-    d = table[table["layer"] == layer]
-    pre = d[(d["epoch"] > d["epoch"].min()) & (d["epoch"] <= early)]["ratio"]
-    n_u, n_p = int(d["n_unpermuted"].iloc[0]), int(d["n_permuted"].iloc[0])
-    fu, fp = int(full_init["n_unpermuted"].iloc[0]), int(full_init["n_permuted"].iloc[0])
-    mu2_u, mu2_p = float(comp.loc[(layer, "unpermuted"), "mu2"]), float(comp.loc[(layer, "permuted"), "mu2"])
-    C = data.num_classes
-    out = {
-        "n_sample": v["n_sample"], "n_train": len(data.x_train), "n_unpermuted": n_u, "n_permuted": n_p,
-        "n_unperm_all": fu, "n_perm_all": fp,
-        "epochs": ", ".join(str(e) for e in sorted(table["epoch"].unique())),
-        "early": early, "epoch_end": v["epoch_end"],
-        "max_prob": uni["max_prob"], "uniform": uni["uniform"], "logit_std": uni["logit_std"],
-        "ratio_init": v["ratio_init"], "ratio_early": v["ratio_early"], "ratio_end": v["ratio_end"],
-        "ratio_max": v["ratio_max"], "epoch_max": v["epoch_max"],
-        "ratio_init_logits": float(table[(table["layer"] == "logits") & (table["epoch"] == v["epoch_init"])]["ratio"].iloc[0]),
-        "ratio_min_pre": float(pre.min()) if len(pre) else float("nan"),
-        "ratio_max_pre": float(pre.max()) if len(pre) else float("nan"),
-        "ratio_init_full": v["ratio_init_full"], "cosine_init": v["cosine_init"],
-        "cosine_init_full": v["cosine_init_full"],
-        "ratio_init_full_fit": model_total_ratio(comp_t, layer, fu, fp),
-        "coh_u_init": v["coherence_unpermuted_init"], "coh_p_init": v["coherence_permuted_init"],
-        "inv_n_u": 1 / n_u, "inv_n_p": 1 / n_p,
-        "memo_levels": ", ".join(f"{q:.0%}" for q in MEMORIZATION_LEVELS),
-        "ratio_mem": v["ratio_memorizing"], "growth": v["growth"],
-        "epochs_mem": ", ".join(str(e) for e in v["epochs_memorizing"]) or "none",
-        "acc_u_mem": v["acc_unpermuted_memorizing"], "acc_p_mem": v["acc_permuted_memorizing"],
-        "slope_u": s_all["slope_unpermuted"], "slope_p": s_all["slope_permuted"],
-        "slope_ratio": s_all["slope_ratio"], "slope_ratio_logits": s_log["slope_ratio"],
-        "slope_ratio_local": s_all["slope_ratio_local"], "slope_pred": -0.5,
-        "sizes": ", ".join(str(n) for n in settings.sizes), "repeats": settings.repeats,
-        "pool_factor": settings.pool_factor,
-        "ratio_first": s_all["ratio_first"], "ratio_last": s_all["ratio_last"],
-        "n_first": int(s_all["n_first"]), "n_last": int(s_all["n_last"]),
-        "ncross_u": float(comp.loc[(layer, "unpermuted"), "n_cross"]),
-        "mu_ratio": float(np.sqrt(max(mu2_p, 0.0) / mu2_u)) if mu2_u > 0 else float("nan"),
-        "ratio_pred_full": float(model_ratio(comp_t, layer, fu)),
-        "C": C, "floor_pred": 1 / (C - 1),
-        "small": small, "growth_min": growth, "slope_tol": slope_tol,
-    }
-    later = d[d["epoch"] > d["epoch"].min()].sort_values("epoch")
-    if len(later):
-        first = later.iloc[0]
-        out.update(epoch_first=int(first["epoch"]), coh_u_first=float(first["coherence_unpermuted"]),
-                   coh_p_first=float(first["coherence_permuted"]), cosine_first=float(first["cosine"]))
-    else:
-        out.update(epoch_first=-1, coh_u_first=float("nan"), coh_p_first=float("nan"), cosine_first=float("nan"))
-    mem = d[d["epoch"].isin(v["epochs_memorizing"])]
-    out["coh_u_mem"] = float(mem["coherence_unpermuted"].mean()) if len(mem) else float("nan")
-    out["coh_p_mem"] = float(mem["coherence_permuted"].mean()) if len(mem) else float("nan")
-    out["cosine_mem"] = float(mem["cosine"].mean()) if len(mem) else float("nan")
-    # Is the rise a clean switch? An early checkpoint may already be as high as the memorization phase.
-    caveat = ""
-    if len(pre) and v["epochs_memorizing"] and pre.max() >= 0.9 * v["ratio_memorizing"]:
-        e_hi = int(d.loc[pre.idxmax(), "epoch"])
-        acc_hi = float(run.metrics.set_index("epoch")["acc_permuted_train"].get(e_hi, float("nan")))
-        caveat = (f"The rise is not monotone, though: at epoch {e_hi}, before the early-stopping epoch and with "
-                  f"the permuted examples fitted to only {acc_hi:.2f} of their training labels, the ratio already "
-                  f"reached {pre.max():.2f}, close to its mean over the memorization phase. Averaged over the "
-                  f"checkpoints after initialization up to the early-stopping epoch it is {pre.mean():.2f}, "
-                  f"against {v['ratio_memorizing']:.2f} during memorization.")
-    out["caveat_text"] = caveat
-    out["coh_u_side"] = "below" if out["coh_u_init"] < out["inv_n_u"] else "above"
-    out["coh_p_side"] = "below" if out["coh_p_init"] < out["inv_n_p"] else "above"
-    out["small_init_word"] = "is" if v["small_init"] else "is not"
-    if v["epochs_memorizing"]:
-        out["grows_word"] = (
-            ("grows" if v["grows"] else "does not grow enough to count")
-            + f": over the memorization phase (epochs {out['epochs_mem']}, where the permuted examples are "
-            f"fitted to {out['acc_p_mem']:.2f} of their training labels on average and the unpermuted ones "
-            f"to {out['acc_u_mem']:.2f}) it averages {out['ratio_mem']:.2f}, {out['growth']:.2f} times its "
-            f"value at initialization on the same sample")
-    else:
-        out["grows_word"] = ("cannot be judged: no analysed epoch after the early-stopping epoch falls in the "
-                             "memorization phase")
-    slope_ok = abs(out["slope_ratio"] + 0.5) <= slope_tol
-    out["slope_word"] = "agrees with" if slope_ok else "is far from"
-    if mu2_u > 0:
-        fit = (f"The unpermuted examples have a coherent part, which dominates beyond about "
-               f"{out['ncross_u']:.0f} examples. ")
-        if mu2_p > 0:
-            fit += (f"The permuted examples' coherent part is {out['mu_ratio']:.2f} times as large in norm "
-                    f"(predicted: {out['floor_pred']:.2f}). ")
-        else:
-            fit += (f"The permuted examples show none: their fitted coherent part is zero or negative, within "
-                    f"the noise (the predicted one, {out['floor_pred']:.2f} times the unpermuted one in norm, "
-                    f"is below what this fit resolves). ")
-        fit += (f"Extrapolated to all {fu} unpermuted examples of the training subset (and as many permuted "
-                f"ones), the fit gives a per-example ratio of {out['ratio_pred_full']:.2f}.")
-        if mu2_p <= 0 or out["mu_ratio"] < 0.5:
-            mech = (f"The two-component fit agrees with the argument: the unpermuted examples' gradients add "
-                    f"coherently beyond about {out['ncross_u']:.0f} examples and the permuted ones' hardly at "
-                    f"all, so the ratio keeps falling, its slope approaching -1/2 only for many more examples "
-                    f"than that (local slope {out['slope_ratio_local']:.2f} at the largest n).")
-        else:
-            mech = (f"The permuted examples' gradients keep a coherent part {out['mu_ratio']:.2f} times that of "
-                    f"the unpermuted ones, so the ratio levels off near that value instead of falling like the "
-                    f"inverse square root of n.")
-    else:
-        fit = (f"The fit finds no coherent part in the unpermuted examples' gradients: with at most "
-               f"{out['n_last']} examples per group, the class signal of the initial features does not show "
-               f"above the per-example variation.")
-        mech = "The fit finds no coherent part in either group at these sizes, so the mechanism is not seen."
-    out["fit_text"], out["mechanism_text"] = fit, mech
-    out["verdict"] = ("reproduces" if (v["small_init"] and v["grows"]) else
-                      "reproduces only in part" if (v["small_init"] or v["grows"]) else "does not reproduce")
-    return {k: (val.item() if isinstance(val, np.generic) else val) for k, val in out.items()}
-
-
-def plot_ratio(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, caption: str = ""):
-    """Ratio permuted / unpermuted per layer against epoch (top) and the accuracies (bottom)."""
-    from .plots import figure
-
-    fig, (ax, bx) = figure(2, 1, height=6.2, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    for layer, d in table.groupby("layer", sort=False):
-        style = dict(color="k", lw=2.5) if layer == ALL else dict(lw=1.4)
-        ax.plot(d["epoch"], d["ratio"], marker="o", ms=3.5, label=layer, **style)
-    ax.axhline(1, color="grey", lw=0.8, ls=":")
-    ax.set_yscale("log")
-    _plain_log_ticks(ax)
-    ax.set_ylabel("||permuted part|| /\n||unpermuted part||")
-    ax.legend(ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5), title="layer")
-    for name, label in (("acc_unpermuted", "unpermuted\n(true label)"),
-                        ("acc_permuted_train", "permuted, training\nlabel (memorized)"), ("acc_test", "test")):
-        bx.plot(metrics["epoch"], metrics[name], label=label)
-    bx.set_ylabel("accuracy")
-    bx.set_xlabel("epoch")
-    bx.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
-    for a in (ax, bx):
-        a.axvline(early_stop, color="tab:red", ls="--", lw=1)
-    ax.text(early_stop, ax.get_ylim()[1], " early stop", color="tab:red", va="top")
-    if caption:
-        fig.suptitle(_wrap(caption), fontsize=9)
-    return fig
-
-
-def _wrap(text: str, width: int = 100) -> str:
-    import textwrap
-    return textwrap.fill(text, width)
-
-
-def plot_scaling(table: pd.DataFrame, slopes: pd.DataFrame, layers: Sequence[str] | None = None, caption: str = "",
-                 components: pd.DataFrame | None = None):
-    """Log-log: group-sum norms against n (top) and the per-example ratio with its fit (bottom);
-    with `components` (fit_two_components), the ratio the two-component fit predicts (thin dashed)."""
-    import matplotlib.pyplot as plt
-
-    from .plots import figure
-
-    layers = list(layers or table["layer"].unique())
-    mean = table.groupby(["layer", "group", "n"], sort=False)["norm"].mean().reset_index()
-    fig, (ax, bx) = figure(2, 1, height=6.6)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, layer in enumerate(layers):
-        c = colors[i % len(colors)]
-        d = mean[mean["layer"] == layer]
-        s = slopes.set_index("layer").loc[layer]
-        for g, ls in (("unpermuted", "-"), ("permuted", "--")):
-            dg = d[d["group"] == g].sort_values("n")
-            ax.plot(dg["n"], dg["norm"] / dg["norm"].iloc[0], ls, color=c, marker="o", ms=3.5,
-                    label=f"{layer} {g} ({s[f'slope_{g}']:.2f})")
-        u = d[d["group"] == "unpermuted"].set_index("n")["norm"]
-        p = d[d["group"] == "permuted"].set_index("n")["norm"]
-        ratio = (p / u).sort_index()
-        bx.plot(ratio.index, ratio.values, marker="o", ms=3.5, color=c, label=f"{layer} (slope {s['slope_ratio']:.2f})")
-        if components is not None:
-            nn = np.geomspace(ratio.index.min(), ratio.index.max(), 50)
-            bx.plot(nn, model_ratio(components, layer, nn), color=c, lw=0.8, ls="--")
-    n = np.array(sorted(table["n"].unique()), dtype=float)
-    ax.plot(n, n / n[0], color="grey", lw=0.8, ls=":", label="slope 1")
-    ax.plot(n, np.sqrt(n / n[0]), color="grey", lw=0.8, ls="-.", label="slope 1/2")
-    ax.set(xscale="log", yscale="log", xlabel="n examples per group", ylabel="||sum of n gradients||\n(rel. to smallest n)")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title="group (fitted slope)")
-    measured = [line for line in bx.get_lines() if line.get_marker() == "o"]
-    ref = measured[-1].get_ydata()[-1] if measured else 1.0   # through the last layer's largest n
-    bx.plot(n, ref * (n / n[-1]) ** -0.5, color="grey", ls=":", label="predicted slope -1/2")
-    bx.set(xscale="log", yscale="log", xlabel="n examples per group", ylabel="per-example ratio\npermuted / unpermuted")
-    bx.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
-    for a in (ax, bx):
-        _plain_log_ticks(a)
-    if caption:
-        fig.suptitle(_wrap(caption), fontsize=9)
-    return fig
-
-
-def _plain_log_ticks(ax) -> None:
-    """Plain numbers instead of powers of ten on log axes."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
-
-    if ax.get_xscale() == "log":
-        ax.set_xticks(sorted({int(t) for line in ax.get_lines() if line.get_marker() == "o" for t in line.get_xdata()}))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    plain = FuncFormatter(lambda y, _: f"{y:.3g}")
-    lo, hi = ax.get_ylim()
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain if np.log10(hi / lo) < 1.2 else NullFormatter())
-    ax.tick_params(axis="y", which="minor", labelsize=8)
-
-
-def plot_coherence(table: pd.DataFrame, early_stop: int, caption: str = ""):
-    """Coherence of each group against epoch, one panel per group, one line per layer."""
-    from .plots import figure, shared_legend
-
-    fig, axes = figure(1, 2, panel_height=3.0, sharey=True)
-    for ax, g in zip(axes, GROUPS):
-        for layer, d in table.groupby("layer", sort=False):
-            style = dict(color="k", lw=2.5) if layer == ALL else dict(lw=1.4)
-            ax.plot(d["epoch"], d[f"coherence_{g}"], marker="o", ms=3.5, label=layer, **style)
-            n_g = d[f"n_{g}"].iloc[0]
-        ax.axhline(1 / n_g, color="grey", ls=":", lw=1, label="1/n (orthogonal)")
-        ax.axvline(early_stop, color="tab:red", ls="--", lw=1)
-        ax.set(yscale="log", xlabel="epoch", title=f"{g} (n = {n_g})")
-        _plain_log_ticks(ax)
-    axes[0].set_ylabel("coherence\n||sum g||^2 / (n sum ||g||^2)")
-    shared_legend(fig, axes, ncol=4)
-    if caption:
-        fig.suptitle(_wrap(caption), fontsize=9)
-    return fig

@@ -11,24 +11,24 @@ Manifold types (paper Fig. 1A), each P manifolds x M examples:
 The manifold sets are drawn once per run (fixed by the probe seed) and reused at every epoch; each
 layer has one fixed random projection (shared across epochs and types) when it is wider than
 `proj_dim`. Features are the block outputs (post-activation; after pooling where a block pools),
-taken in eval mode. Results are cached in the run folder under `geometry/<probe hash>/`.
+taken in eval mode. Results are kept in the run's result cache (`memgeo.cache`): the geometry
+under `geometry/<key>/` (tables summary and per_manifold, resumed per (epoch, layer, type)), the
+simulated-capacity check under `simulated/<key>/`.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .cache import ResultCache
 from .config import ConfigError, ProbeConfig
 from .data import LabelledData, derived_seed
 from .geometry import ENGINE_VERSION, RandomProjection, analyze
 from .models import BlockNet
-from .train import Run, atomic_write_text
+from .runs import Run
 
 TYPES = ("unpermuted", "permuted", "restored", "test")
 
@@ -116,13 +116,22 @@ class Probe:
         return np.split(f, np.cumsum([len(i) for i in mset.index[kind]])[:-1])
 
 
-def probe_hash(probe: ProbeConfig, seed: int) -> str:
-    """Key of the cached geometry: the probe's settings, the seed and the engine version (results
-    of an engine that gives other numbers are not reused)."""
-    d = {k: getattr(probe, k) for k in ("P", "M", "n_t", "kappa", "proj_dim")}
-    d["seed"] = seed
-    d["engine"] = ENGINE_VERSION
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+GEOMETRY_SETTINGS = ("P", "M", "n_t", "kappa", "proj_dim")
+CHUNK = ("epoch", "layer", "type")
+
+
+def geometry_cache(run: Run, probe: ProbeConfig) -> ResultCache:
+    """The cache entry of a run's geometry: keyed by the probe settings that change the numbers,
+    the run's seed (manifold draws, projections, t-vectors) and the engine version (results of an
+    engine that gives other numbers are not reused)."""
+    return ResultCache.of_run(run, "geometry", {k: getattr(probe, k) for k in GEOMETRY_SETTINGS},
+                              seed=run.config.seed, version=ENGINE_VERSION)
+
+
+def simulated_cache(run: Run, probe: ProbeConfig) -> ResultCache:
+    """The cache entry of the simulated-capacity check (mean-field capacity at kappa = 0 beside it)."""
+    settings = {k: getattr(probe, k) for k in ("P", "M", "n_t", "proj_dim", "sim_dichotomies")}
+    return ResultCache.of_run(run, "simulated", settings, seed=run.config.seed, version=ENGINE_VERSION)
 
 
 def select_epochs(run: Run, probe: ProbeConfig) -> list[int]:
@@ -158,15 +167,11 @@ def geometry_over_epochs(run: Run, probe: ProbeConfig, epochs=None, layers=None,
     each finished epoch is written at once, so an interrupted analysis resumes.
     """
     seed = run.config.seed
-    folder = run.path / "geometry" / probe_hash(probe, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "probe.json", json.dumps({**dataclasses.asdict(probe), "seed": seed}, indent=2))
+    cache = geometry_cache(run, probe)
     epochs = select_epochs(run, probe) if epochs is None else list(epochs)
     data = run.load_data(device)
     mset = sample_manifolds(data, probe.P, probe.M, seed, types)
-    summary_file, per_file = folder / "summary.csv", folder / "per_manifold.csv"
-    summary = pd.read_csv(summary_file) if summary_file.exists() else pd.DataFrame()
-    per = pd.read_csv(per_file) if per_file.exists() else pd.DataFrame()
+    summary, per = cache.read("summary"), cache.read("per_manifold")
     pr = Probe(probe.proj_dim, seed)
     bar = None
     if progress:
@@ -194,10 +199,8 @@ def geometry_over_epochs(run: Run, probe: ProbeConfig, epochs=None, layers=None,
                                  "capacity": res.per_manifold.capacity[p], "radius": res.per_manifold.radius[p],
                                  "dimension": res.per_manifold.dimension[p]})
         if rows:
-            summary = pd.concat([summary, pd.DataFrame(rows)], ignore_index=True)
-            per = pd.concat([per, pd.DataFrame(prow)], ignore_index=True)
-            atomic_write_text(per_file, per.to_csv(index=False))
-            atomic_write_text(summary_file, summary.to_csv(index=False))
+            per = cache.add("per_manifold", pd.DataFrame(prow), CHUNK)
+            summary = cache.add("summary", pd.DataFrame(rows), CHUNK)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -227,21 +230,14 @@ def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("t
     projected out, as the mean-field analysis does."""
     from .geometry import simulated_capacity
     seed = run.config.seed
-    folder = run.path / "geometry" / probe_hash(probe, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    cache = folder / f"simulated_{probe.sim_dichotomies}.csv"
-    df = pd.read_csv(cache) if cache.exists() else pd.DataFrame()
+    cache = simulated_cache(run, probe)
     data = run.load_data(device)
     mset = sample_manifolds(data, probe.P, probe.M, seed, TYPES)
     pr = Probe(probe.proj_dim, seed)
-    jobs = []
-    names = json.loads((run.path / "config.json").read_text())["layers"] if layers is None else list(layers)
-    for epoch in epochs:
-        for layer in names:
-            for kind in types:
-                done = len(df) and ((df["epoch"] == epoch) & (df["layer"] == layer) & (df["type"] == kind)).any()
-                if not done:
-                    jobs.append((epoch, layer, kind))
+    names = run.meta["layers"] if layers is None else list(layers)
+    wanted = [(epoch, layer, kind) for epoch in epochs for layer in names for kind in types]
+    jobs = cache.missing("table", wanted, CHUNK)
+    df = cache.read("table")
     bar = None
     if progress and jobs:
         from tqdm.auto import tqdm
@@ -256,8 +252,7 @@ def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("t
         row = {"epoch": epoch, "layer": layer, "depth": model.layer_names.index(layer), "type": kind,
                "capacity_meanfield": mf.capacity, "capacity_simulated": sim.capacity,
                "capacity_simulated_err": sim.capacity_err}
-        df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
-        atomic_write_text(cache, df.to_csv(index=False))
+        df = cache.add("table", pd.DataFrame([row]), CHUNK)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -20,36 +20,40 @@ BatchNorm (``bn``):
 
 Evaluation is `train.evaluate`'s four accuracies (test; permuted examples against their training
 labels = memorization, and against their true labels; unpermuted examples). A sweep over
-(layer, mode, epoch) caches the final model's inputs to each block (within a memory budget), so a
-rewind of layer l only re-runs the blocks from l on; its predictions equal `train.evaluate` on the
+(layer, mode, epoch) keeps the final model's inputs to each block (within a memory budget;
+`memgeo.blocks`), so a rewind of layer l only re-runs the blocks from l on; its predictions equal `train.evaluate` on the
 same rewound model (tested). With ``budget_bytes=0`` every rewound model is built whole and
 evaluated by `train.evaluate` itself (the reference path).
 
-Results are a tidy table cached in ``runs/<hash>/rewind/<settings hash>.csv`` (atomic writes,
-resumed per epoch from a ``.partial.csv``).
+Results are a tidy table in the run's result cache (`memgeo.cache`, under ``rewind/``), one chunk
+per rewind epoch: an interrupted sweep resumes at the first epoch it had not written.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from .cache import ResultCache
+from .config import RewindConfig, Thresholds
 from .data import LabelledData
 from .models import BlockNet
-from .train import (CheckpointError, Run, accuracies, autocast, atomic_write_text, evaluate,
-                    resolve_device)
+from .runs import CheckpointError, Run
+from .blocks import BlockInputs, evaluate_from, recompute_from  # noqa: F401  (BlockInputs: public here too)
+from .train import evaluate, resolve_device
+from .verdicts import rewind_claim_holds
 
 BN_OPTIONS = ("rewind", "recompute")
 MODES = ("single", "cumulative")
 METRICS = ("acc_test", "acc_permuted_train", "acc_permuted_true", "acc_unpermuted")
 TABLE_COLUMNS = ["layer", "layer_index", "mode", "epoch", "bn", "final_epoch", "rewound", *METRICS]
-REWIND_VERSION = 2      # bump when the numbers a settings hash stands for change
+REWIND_VERSION = 2      # bump when the numbers a cache key stands for change
+THRESHOLDS = Thresholds()
 
 
 class RewindError(ValueError):
@@ -174,139 +178,6 @@ def rewind_run(run: Run, layer: str | None, epoch: int, mode: str = "single", bn
     return rewind_model(final, run.load_state(epoch), layers, bn, data)
 
 
-# ---------------------------------------------------------------------------------------------
-# Block inputs of a fixed model, and BatchNorm statistics
-
-class _Stop(Exception):
-    pass
-
-
-class BlockInputs:
-    """Inputs to each block of a fixed model on the training and test images, in the batches that
-    `train.predict` uses. Inputs of the deepest blocks are kept in memory up to `budget_bytes`;
-    others are recomputed from the nearest kept block (or the images) when asked for."""
-
-    def __init__(self, model: BlockNet, data: LabelledData, batch_size: int = 128, budget_bytes: int = 0):
-        self.model, self.data, self.batch_size = model, data, batch_size
-        self.names = list(model.blocks)
-        self.device = next(model.parameters()).device
-        self.kept: dict[str, dict[str, list[torch.Tensor]]] = {}
-        if budget_bytes <= 0:
-            return
-        sizes = self._bytes_per_example()
-        n = len(data.x_train) + len(data.x_test)
-        chosen, total = set(), 0
-        for name in reversed(self.names):
-            if total + sizes[name] * n > budget_bytes:
-                break
-            chosen.add(name)
-            total += sizes[name] * n
-        if chosen:
-            self.kept = {name: {"train": [], "test": []} for name in chosen}
-            for split in ("train", "test"):
-                for xb in self._images(split):
-                    with torch.no_grad(), autocast(self.model):
-                        h = xb
-                        for name, block in model.blocks.items():
-                            if name in chosen:
-                                self.kept[name][split].append(h)
-                            h = block(h)
-
-    def _images(self, split: str):
-        x = self.data.x_train if split == "train" else self.data.x_test
-        for i in range(0, len(x), self.batch_size):
-            yield self.data.normalise(x[i:i + self.batch_size].to(self.device)).contiguous(
-                memory_format=self.model.memory_format)
-
-    @torch.no_grad()
-    def _bytes_per_example(self) -> dict[str, int]:
-        out = {}
-        with autocast(self.model):
-            h = next(self._images("test"))[:1]
-            for name, block in self.model.blocks.items():
-                out[name] = h.element_size() * h.numel()
-                h = block(h)
-        return out
-
-    def batches(self, layer: str, split: str):
-        """Batches of the input to `layer` (as the fixed model computes it)."""
-        idx = self.names.index(layer)
-        start = max((i for i, n in enumerate(self.names) if n in self.kept and i <= idx), default=None)
-        if start is not None:
-            src = self.kept[self.names[start]][split]
-        else:
-            start, src = 0, self._images(split)
-        for h in src:
-            if start < idx:
-                with torch.no_grad(), autocast(self.model):
-                    for name in self.names[start:idx]:
-                        h = self.model.blocks[name](h)
-            yield h
-
-
-def _forward_from(model: BlockNet, layer: str, h: torch.Tensor) -> torch.Tensor:
-    names = list(model.blocks)
-    for name in names[names.index(layer):]:
-        h = model.blocks[name](h)
-    return h
-
-
-def _batchnorms(model: BlockNet, layers) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and model.block_of(name) in layers]
-
-
-@torch.no_grad()
-def _recompute(model: BlockNet, first: str, inputs: BlockInputs) -> tuple[list[str], list[torch.Tensor]]:
-    """Re-estimate every BatchNorm from block `first` on, block by block: the training inputs of a
-    block are held in memory, each of its BatchNorms (registration order = forward order in
-    memgeo's blocks) gets the exact mean and unbiased variance of its input over them, then the
-    block's outputs become the next block's inputs. Returns the names of the BatchNorms and the
-    model's outputs on the training batches (the same batches `train.predict` uses)."""
-    names = list(model.blocks)
-    model.eval()
-    hs = list(inputs.batches(first, "train"))
-    done = []
-    for layer in names[names.index(first):]:
-        block = model.blocks[layer]
-        for bn_name, bn in _batchnorms(model, {layer}):
-            acc = {"n": 0, "mean": 0.0, "m2": 0.0}
-
-            def hook(mod, args):
-                # Per batch in the activations' precision, combined across batches in float64
-                # (Chan et al.'s pairwise update): stable and without a float64 copy of the batch.
-                x = args[0].detach().float()
-                dims = [d for d in range(x.dim()) if d != 1]
-                nb = x.numel() // x.shape[1]
-                var_b, mean_b = torch.var_mean(x, dims, correction=0)
-                var_b, mean_b = var_b.double(), mean_b.double()
-                n = acc["n"]
-                delta = mean_b - acc["mean"]
-                acc["mean"] = acc["mean"] + delta * (nb / (n + nb))
-                acc["m2"] = acc["m2"] + var_b * nb + delta * delta * (n * nb / (n + nb))
-                acc["n"] = n + nb
-                raise _Stop
-
-            handle = bn.register_forward_pre_hook(hook)
-            try:
-                for h in hs:
-                    try:
-                        with autocast(model):
-                            block(h)
-                    except _Stop:
-                        pass
-            finally:
-                handle.remove()
-            n = acc["n"]
-            mean, var = acc["mean"], acc["m2"] / max(n - 1, 1)
-            bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
-            bn.running_var.copy_(var.to(bn.running_var.dtype))
-            done.append(bn_name)
-        with autocast(model):
-            hs = [block(h) for h in hs]
-    return done, hs
-
-
 def recompute_bn_stats(model: BlockNet, data: LabelledData, layers=None, batch_size: int = 128) -> list[str]:
     """Set the running statistics of every BatchNorm at or after the first of `layers` (all layers
     if None) to the mean and unbiased variance of its input over the training images (eval mode,
@@ -316,32 +187,7 @@ def recompute_bn_stats(model: BlockNet, data: LabelledData, layers=None, batch_s
     if not layers:
         return []
     first = min(layers, key=names.index)
-    return _recompute(model, first, BlockInputs(model, data, batch_size))[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation from a block on
-
-@torch.no_grad()
-def evaluate_from(model: BlockNet, layer: str, inputs: BlockInputs, train_outputs=None) -> dict[str, float]:
-    """`train.evaluate` of `model`, given that its blocks before `layer` equal those of the model
-    that `inputs` was made from (only the blocks from `layer` on are run). `train_outputs`: the
-    model's outputs on the training batches, when already computed."""
-    was = model.training
-    model.eval()
-    preds = {}
-    if train_outputs is not None:
-        preds["train"] = torch.cat([o.argmax(1) for o in train_outputs]).cpu()
-    for split in ("train", "test"):
-        if split in preds:
-            continue
-        out = []
-        for h in inputs.batches(layer, split):
-            with autocast(model):
-                out.append(_forward_from(model, layer, h).argmax(1))
-        preds[split] = torch.cat(out).cpu()
-    model.train(was)
-    return accuracies(inputs.data, preds["train"], preds["test"])
+    return recompute_from(model, first, BlockInputs(model, data, batch_size))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +201,7 @@ def _check_epochs(run: Run, epochs) -> None:
                               f"saved epochs: {saved}")
 
 
-def default_epochs(run: Run, n: int = 8, final_epoch: int | None = None) -> list[int]:
+def default_epochs(run: Run, n: int = RewindConfig().n_epochs, final_epoch: int | None = None) -> list[int]:
     """About `n` saved epochs to rewind to: 0, the early-stopping epoch (even when it is the final
     one, so that the summaries have it), and roughly log-spaced epochs from 1 to three quarters of
     training (snapped to saved checkpoints)."""
@@ -376,11 +222,12 @@ def default_epochs(run: Run, n: int = 8, final_epoch: int | None = None) -> list
     return sorted(chosen)
 
 
-def settings_hash(run: Run, epochs, layers, modes, bn: str, final_epoch: int, device: torch.device) -> str:
-    d = {"run": run.config.hash(), "epochs": [int(e) for e in epochs], "layers": list(layers),
-         "modes": list(modes), "bn": bn, "final_epoch": int(final_epoch), "device": device.type,
-         "version": REWIND_VERSION}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+def rewind_cache(run: Run, layers, modes, bn: str, final_epoch: int, device: torch.device) -> ResultCache:
+    """Cache entry of a rewind table: keyed by what is rewound and how, and the kind of device it is
+    evaluated on; the rewind epochs are its chunks."""
+    return ResultCache.of_run(run, "rewind", {"layers": list(layers), "modes": list(modes), "bn": bn,
+                                              "final_epoch": int(final_epoch), "device": device.type},
+                              seed=None, version=REWIND_VERSION)
 
 
 def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rewind",
@@ -390,8 +237,8 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
     """Evaluate the final model with each layer (single) and each layer..output (cumulative)
     rewound to each epoch. One row per (layer, mode, epoch); columns `TABLE_COLUMNS`.
 
-    Cached as runs/<hash>/rewind/<settings hash>.csv (reused when `cache`); a half-finished sweep
-    resumes from its .partial.csv. `budget_bytes` caps the memory for the final model's block
+    Kept in the run's result cache (`rewind_cache`, used when `cache`), one chunk per epoch: epochs
+    already computed are read, a half-finished sweep resumes. `budget_bytes` caps the memory for the final model's block
     inputs (default: 1 GiB on the CPU, 8 GiB on a GPU; 0 turns the shortcut off)."""
     _check_bn(bn)
     device = torch.device(device) if device is not None else resolve_device(run.config.device)
@@ -410,18 +257,24 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
     layers = sorted(set(layers), key=names.index)
     modes = [m for m in MODES if m in modes]
 
-    folder = run.path / "rewind"
-    key = settings_hash(run, epochs, layers, modes, bn, final_epoch, device)
-    out_csv, partial_csv = folder / f"{key}.csv", folder / f"{key}.partial.csv"
-    if cache and out_csv.exists():
-        return pd.read_csv(out_csv)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / f"{key}.json", json.dumps(
-        {"run": run.config.hash(), "epochs": epochs, "layers": layers, "modes": modes, "bn": bn,
-         "final_epoch": final_epoch, "device": device.type, "version": REWIND_VERSION}, indent=2))
-    rows = pd.read_csv(partial_csv).to_dict("records") if cache and partial_csv.exists() else []
-    done = {int(r["epoch"]) for r in rows}
+    store = rewind_cache(run, layers, modes, bn, final_epoch, device) if cache else None
+    todo = store.missing("table", epochs, ["epoch"]) if store else list(epochs)
+    rows = []
+    if todo:
+        rows = _rewind_rows(run, final, names, todo, layers, modes, bn, final_epoch, data, data_root, device,
+                            batch_size, budget_bytes, progress, store)
+    table = store.read() if store else pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    table = table[table["epoch"].isin(epochs)]
+    order = {m: i for i, m in enumerate(MODES)}
+    table = table.sort_values(["mode", "epoch", "layer_index"], key=lambda s: s.map(order) if s.name == "mode" else s)
+    return table.reset_index(drop=True)
 
+
+def _rewind_rows(run: Run, final: BlockNet, names, epochs, layers, modes, bn, final_epoch, data, data_root, device,
+                 batch_size, budget_bytes, progress, store) -> list[dict]:
+    """The rows of `rewind_table` for `epochs`; each epoch's rows are added to `store` (if any) as
+    soon as they are computed."""
+    rows = []
     if data is None:
         data = run.load_data(device, data_root)
     if budget_bytes is None:
@@ -429,10 +282,10 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
     inputs = BlockInputs(final, data, batch_size, budget_bytes)
     # Rewinding every layer is the checkpoint itself (bitwise, tested): when the run was evaluated
     # on this kind of device, its metrics at that epoch are the answer and need no second pass.
-    trained_on = json.loads((run.path / "config.json").read_text()).get("device", "")
+    trained_on = run.meta.get("device", "")
     recorded = run.metrics.set_index("epoch") if (bn == "rewind" and trained_on
                                                   and torch.device(trained_on).type == device.type) else None
-    todo = [e for e in epochs if e not in done]
+    todo = list(epochs)
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
@@ -459,7 +312,7 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
                     seen[tuple(rewound)] = metrics
                 else:
                     model = rewind_model(final, source, rewound, "rewind")
-                    outputs = _recompute(model, rewound[0], inputs)[1] if bn == "recompute" else None
+                    outputs = recompute_from(model, rewound[0], inputs)[1] if bn == "recompute" else None
                     metrics = evaluate_from(model, rewound[0], inputs, outputs)
                     seen[tuple(rewound)] = metrics
                 new.append({"layer": layer, "layer_index": names.index(layer) + 1, "mode": mode,
@@ -468,18 +321,11 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
                 if bar is not None:
                     bar.update(1)
         rows += new
-        if cache:
-            atomic_write_text(partial_csv, pd.DataFrame(rows, columns=TABLE_COLUMNS).to_csv(index=False))
+        if store is not None:
+            store.add("table", pd.DataFrame(new, columns=TABLE_COLUMNS), ["epoch"])
     if bar is not None:
         bar.close()
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    order = {m: i for i, m in enumerate(MODES)}
-    table = table.sort_values(["mode", "epoch", "layer_index"], key=lambda s: s.map(order) if s.name == "mode" else s)
-    table = table.reset_index(drop=True)
-    if cache:
-        atomic_write_text(out_csv, table.to_csv(index=False))
-        partial_csv.unlink(missing_ok=True)
-    return table
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,13 +378,13 @@ def _halves(names: list[str]) -> tuple[list[str], list[str]]:
     return names[:k], names[k:]
 
 
-def summary(table: pd.DataFrame, run: Run, threshold: float = 0.5) -> dict:
-    """Numbers for the text: peak, final, best rewind (and its layers), and the claim's verdict.
+def summary(table: pd.DataFrame, run: Run, threshold: float = THRESHOLDS.recovered) -> dict:
+    """Numbers for the text: peak, final, best rewind (and its layers), and whether the claim holds.
 
     The paper's claim is judged at the early-stopping epoch: "late" layers are the deeper half of
     the rewindable layers (for an odd count the middle one is late), "early" the rest. It holds
     when some cumulative rewind that starts in the late half recovers at least `threshold` of the
-    gap and no single early layer does."""
+    gap and no single early layer does (`verdicts.rewind_claim_holds`)."""
     ref = reference(run, int(table["final_epoch"].iloc[0]))
     names = list(table.sort_values("layer_index")["layer"].drop_duplicates())
     early, late = _halves(names)
@@ -558,7 +404,7 @@ def summary(table: pd.DataFrame, run: Run, threshold: float = 0.5) -> dict:
             break
     late_frac = float(late_cum.loc[late_best, "gap_recovered"]) if late_best else float("nan")
     early_frac = float(early_sgl.loc[early_best, "gap_recovered"]) if early_best else float("nan")
-    holds = bool(late_frac >= threshold and not early_frac >= threshold)
+    holds = rewind_claim_holds(late_frac, early_frac, replace(THRESHOLDS, recovered=threshold))
     return {
         **ref, "gap": ref["peak_test"] - ref["final_test"], "threshold": threshold,
         "best_test": float(best["acc_test"]), "best_layer": str(best["layer"]), "best_mode": str(best["mode"]),
@@ -593,7 +439,8 @@ def maini_table(table: pd.DataFrame, run: Run) -> pd.DataFrame:
               "clean_drop", "test_change"]].reset_index(drop=True)
 
 
-def maini_summary(table: pd.DataFrame, run: Run, epoch: int | None = None, threshold: float = 0.5) -> dict:
+def maini_summary(table: pd.DataFrame, run: Run, epoch: int | None = None,
+                  threshold: float = THRESHOLDS.recovered) -> dict:
     """Where single-layer rewinds to `epoch` (default: early stopping) remove memorization."""
     ref = reference(run, int(table["final_epoch"].iloc[0]))
     epoch = ref["peak_epoch"] if epoch is None else epoch
@@ -615,72 +462,3 @@ def maini_summary(table: pd.DataFrame, run: Run, epoch: int | None = None, thres
             "strong_in_late_only": bool(strong) and all(l in late for l in strong),
             "late_share": share_late, "early_layers": early, "late_layers": late,
             "per_layer": t}
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
-
-def plot_heatmaps(table: pd.DataFrame, metric: str = "acc_test", modes=MODES, mark_epoch: int | None = None,
-                  title: str = "", cmap: str = "viridis", axes=None):
-    """Heat maps of `metric` over (layer) x (rewind epoch), one panel per mode, stacked at the
-    book's column width (or into the given `axes`)."""
-    import matplotlib.pyplot as plt
-    from .plots import figure
-    modes = [m for m in modes if m in set(table["mode"])]
-    if axes is None:
-        n_layers = table["layer"].nunique()
-        fig, axes = figure(len(modes), 1, panel_height=0.3 * n_layers + 1.1, squeeze=False)
-        axes = axes[:, 0]
-    fig = axes[0].figure
-    vmin, vmax = table[metric].min(), table[metric].max()
-    for ax, mode in zip(axes, modes):
-        t = table[table["mode"] == mode].pivot_table(index=["layer_index", "layer"], columns="epoch", values=metric)
-        im = ax.imshow(t.values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
-        ax.set_xticks(range(t.shape[1]), [str(e) for e in t.columns])
-        labels = [l for _, l in t.index]
-        ax.set_yticks(range(t.shape[0]), labels)
-        ax.set_ylabel("rewound layer" if mode == "single" else "first rewound layer")
-        for i in range(t.shape[0]):
-            for j in range(t.shape[1]):
-                v = t.values[i, j]
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
-                        color="white" if v < (vmin + vmax) / 2 else "black")
-        if mark_epoch is not None and mark_epoch in list(t.columns):
-            j = list(t.columns).index(mark_epoch)
-            ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, t.shape[0], fill=False, ec="red", lw=2))
-        ax.set_xlabel("rewind epoch")
-        ax.set_title(f"{mode}" + (" (layer alone)" if mode == "single" else " (layer to output)"))
-    fig.colorbar(im, ax=list(axes), label=metric.replace("_", " "), shrink=0.9)
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
-def plot_at_epoch(table: pd.DataFrame, run: Run, epoch: int | None = None, axes=None):
-    """Test accuracy and memorization after rewinding each layer (single, cumulative) to `epoch`,
-    with reference lines for the final and the peak (checkpoint) values; one legend below."""
-    from .plots import figure, shared_legend
-    ref = reference(run, int(table["final_epoch"].iloc[0]))
-    epoch = ref["peak_epoch"] if epoch is None else epoch
-    m = run.metrics.set_index("epoch")
-    if axes is None:
-        fig, axes = figure(1, 2, panel_height=3.0)
-    fig = axes[0].figure
-    t = table[table["epoch"] == epoch]
-    for ax, metric, what in ((axes[0], "acc_test", "test accuracy"),
-                             (axes[1], "acc_permuted_train", "memorization")):
-        for mode, style in (("single", "o-"), ("cumulative", "s--")):
-            s = t[t["mode"] == mode].sort_values("layer_index")
-            if len(s):
-                ax.plot(s["layer"], s[metric], style, label=mode if mode == "single" else "cumulative (layer→out)")
-        ax.axhline(float(m.loc[ref["final_epoch"], metric]), color="grey", ls=":",
-                   label=f"final (epoch {ref['final_epoch']})")
-        ax.axhline(float(m.loc[epoch, metric]), color="tab:red", ls="-.", lw=1,
-                   label=f"checkpoint {epoch}" + (" (peak test)" if epoch == ref["peak_epoch"] else ""))
-        if metric == "acc_test" and epoch != ref["peak_epoch"]:
-            ax.axhline(ref["peak_test"], color="tab:red", ls="-.", label="peak test")
-        ax.set_xlabel("rewound layer (cumulative: first of them)")
-        ax.set_ylabel(what)
-        ax.tick_params(axis="x", rotation=30)
-    shared_legend(fig, axes, ncol=2)
-    return fig

@@ -3,7 +3,8 @@
 Per width: final train error against the training labels (noisy labels included), test error,
 and the geometry of the last layers at the end of training for every manifold type. The
 interpolation threshold is the smallest width whose final train error is at most
-`INTERPOLATION_TOL`.
+`INTERPOLATION_TOL` (`config.Thresholds.interpolation_tol`); whether the sweep shows a double
+descent is decided by `verdicts.double_descent_verdict`.
 """
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from .config import ProbeConfig, RunConfig, SweepConfig
-from .train import Run
+from .config import ProbeConfig, RunConfig, SweepConfig, Thresholds
+from .runs import Run
+from .verdicts import double_descent_verdict  # noqa: F401  (the rule lives in memgeo.verdicts)
 
-INTERPOLATION_TOL = 0.01   # train error (vs training labels) that counts as fitting the noisy set
-PEAK_SIGMAS = 2.0          # a peak must exceed this many standard errors of a test-error difference
+INTERPOLATION_TOL = Thresholds().interpolation_tol   # train error (vs training labels) that counts as fitting
+PEAK_SIGMAS = Thresholds().peak_sigmas   # a peak must exceed this many standard errors of a test-error difference
 
 
 def width_configs(sweep: SweepConfig) -> list[RunConfig]:
@@ -61,9 +63,10 @@ def interpolation_threshold(table: pd.DataFrame, tol: float = INTERPOLATION_TOL)
     return int(fit["width"].min()) if len(fit) else None
 
 
-def peak_report(table: pd.DataFrame, threshold) -> dict:
+def peak_report(table: pd.DataFrame, threshold, sigmas: float = PEAK_SIGMAS) -> dict:
     """Is there a test-error peak? Its height above the best smaller width and above the widest
-    model, and its position relative to the interpolation threshold."""
+    model, its position relative to the interpolation threshold, and the noise it must exceed
+    (`min_height`: `sigmas` standard errors of the difference of two test errors)."""
     t = table.sort_values("width").reset_index(drop=True)
     i = int(t["test_error"].idxmax())
     # a peak must be interior: some narrower model is better and the widest is better
@@ -82,7 +85,7 @@ def peak_report(table: pd.DataFrame, threshold) -> dict:
     p = float(t["test_error"].iloc[i])
     n_test = int(t["n_test"].iloc[0]) if "n_test" in t else 10_000
     out["noise"] = float(np.sqrt(2 * p * (1 - p) / n_test))
-    out["min_height"] = PEAK_SIGMAS * out["noise"]
+    out["min_height"] = sigmas * out["noise"]
     if local:
         j = max(local, key=lambda k: te[k] - min(te[:k]))
         out["local_peak_width"] = int(t["width"].iloc[j])
@@ -108,16 +111,3 @@ def sweep_geometry(runs: list[Run], probe: ProbeConfig, layers_from_end: int = 2
             {l: f"last{'' if k == 0 else f'-{k}'}" for k, l in enumerate(reversed(model_layers))}))
         frames.append(s)
     return pd.concat(frames, ignore_index=True)
-
-
-def double_descent_verdict(rep: dict, threshold) -> str:
-    """"reproduced": a local test-error peak more than PEAK_SIGMAS standard errors (`min_height`)
-    above the best narrower model and above the widest model, within a factor 2 of the
-    interpolation threshold; "partly": such a peak elsewhere; "not reproduced": none."""
-    min_height = rep["min_height"]
-    has_peak = (rep["local_peak_width"] is not None and rep["local_peak_height"] > min_height
-                and rep["local_peak_above_widest"] > min_height)
-    if not has_peak:
-        return "not reproduced"
-    near = threshold is not None and abs(np.log2(rep["local_peak_width"] / threshold)) <= 1
-    return "reproduced" if near else "partly"

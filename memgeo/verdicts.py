@@ -1,18 +1,51 @@
-"""Measured verdicts for the paper's claims, computed from cached result tables.
+"""The paper's claims: each claim's statement, the rule that decides it and its verdict.
 
-Each function returns plain numbers and a verdict word ("reproduced", "partly", "not reproduced"),
-so the section notebooks and the introduction glue the same values. The thresholds are stated in
-the docstrings and in the book next to the verdicts.
+Every rule is a function of numbers measured elsewhere (the section reports in `memgeo.reports`
+gather them) and of the thresholds in `config.Thresholds`, and returns a verdict word:
+"reproduced", "partly" or "not reproduced". The section pages and the introduction's claim table
+use the same rules, so they cannot disagree; the book states each threshold next to its verdict.
+This module imports nothing of memgeo but the configuration.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
-REPRODUCED, PARTLY, NOT = "reproduced", "partly", "not reproduced"
-CHANGE = 0.10   # a ratio counts as a rise (fall) when it is above 1 + CHANGE (below 1 - CHANGE)
+from .config import Thresholds
 
+REPRODUCED, PARTLY, NOT = "reproduced", "partly", "not reproduced"
+VERDICTS = (REPRODUCED, PARTLY, NOT)
+THRESHOLDS = Thresholds()           # the defaults; a preset's own are `Preset.thresholds`
+CHANGE = THRESHOLDS.change          # a ratio counts as a rise (fall) above 1 + CHANGE (below 1 - CHANGE)
+
+#: The claims of the introduction's table, in its order: key -> (statement, section page).
+CLAIMS = {
+    "first_learning": ("1. All layers first learn the shared features (generalization comes first)", "layers"),
+    "late_deep": ("2a. Memorization happens late and in the deep layers", "layers"),
+    "restored_lost": ("2b. Deep layers lose the true class of mislabelled images; early layers keep it", "layers"),
+    "radius_dimension": ("2c. Memorization works through shrinking radius and dimension", "layers"),
+    "rewind": ("3. Rewinding the final layers to before memorization restores generalization", "rewind"),
+    "maini": ("(Maini et al.) Memorization is spread over layers, not only the last ones", "rewind"),
+    "double_descent": ("4. Model-wise double descent, tied to the geometry", "double_descent"),
+    "gradients": ("5. Near initialization the permuted examples' gradient is small", "gradients"),
+    "simulated": ("(Fig. 1B) Mean-field capacity matches simulated capacity", "layers"),
+}
+
+
+def both_or_one(first: bool, second: bool) -> str:
+    """REPRODUCED when both parts of a claim hold, PARTLY when one does, NOT when neither."""
+    return REPRODUCED if first and second else PARTLY if first or second else NOT
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy p measured on n independent examples, sqrt(p (1 - p) / n)."""
+    return float((p * (1 - p) / n) ** 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer section (geometry table: one row per epoch x layer x type)
 
 def _value(summary: pd.DataFrame, epoch: int, kind: str, layer: str, quantity: str) -> float:
     d = summary[(summary["epoch"] == epoch) & (summary["type"] == kind) & (summary["layer"] == layer)]
@@ -32,28 +65,29 @@ def ratio(summary, kind, layers, early, end, quantity="capacity") -> float:
     return float(sum(vals) / len(vals))
 
 
-def layer_claims(summary: pd.DataFrame, early: int, end: int) -> dict:
-    """Claims 1-3 of the layer section, from the geometry table.
+def layer_claims(summary: pd.DataFrame, early: int, end: int, thresholds: Thresholds = THRESHOLDS) -> dict:
+    """Claims 2a-2c of the layer section, from the geometry table (c = `thresholds.change`).
 
-    (1) permuted capacity rises late and only deep: ratio end/early-stop in the last layer above
-        1 + CHANGE, and above the first-third ratio by the same margin (partly: only the first);
-    (2) restored capacity falls in the last layer (below 1 - CHANGE) and holds in the first third
-        (above 1 - CHANGE) (partly: only the fall);
-    (3) carried by radius and dimension: both shrink for permuted manifolds in the last layer
-        (partly: one of them).
+    (2a) permuted capacity rises late and only deep: ratio end/early-stop in the last layer above
+         1 + c, and above the first-third ratio by the same margin (partly: only the first);
+    (2b) restored capacity falls in the last layer (below 1 - c) and holds in the first third
+         (above 1 - c) (partly: only the fall);
+    (2c) carried by radius and dimension: both shrink for permuted manifolds in the last layer
+         (partly: one of them).
     """
+    c = thresholds.change
     first, last = layer_groups(summary)
-    out = {"first_layers": ", ".join(first), "last_layer": last, "early": early, "end": end}
+    out = {"first_layers": ", ".join(first), "last_layer": last, "early": int(early), "end": int(end)}
     out["perm_last"] = ratio(summary, "permuted", [last], early, end)
     out["perm_first"] = ratio(summary, "permuted", first, early, end)
     out["rest_last"] = ratio(summary, "restored", [last], early, end)
     out["rest_first"] = ratio(summary, "restored", first, early, end)
     out["radius_last"] = ratio(summary, "permuted", [last], early, end, "radius")
     out["dimension_last"] = ratio(summary, "permuted", [last], early, end, "dimension")
-    up = out["perm_last"] > 1 + CHANGE
-    out["verdict1"] = REPRODUCED if up and out["perm_last"] > out["perm_first"] * (1 + CHANGE) else PARTLY if up else NOT
-    down = out["rest_last"] < 1 - CHANGE
-    out["verdict2"] = REPRODUCED if down and out["rest_first"] > 1 - CHANGE else PARTLY if down else NOT
+    up = out["perm_last"] > 1 + c
+    out["verdict1"] = REPRODUCED if up and out["perm_last"] > out["perm_first"] * (1 + c) else PARTLY if up else NOT
+    down = out["rest_last"] < 1 - c
+    out["verdict2"] = REPRODUCED if down and out["rest_first"] > 1 - c else PARTLY if down else NOT
     shrink = (out["radius_last"] < 1) + (out["dimension_last"] < 1)
     out["verdict3"] = REPRODUCED if shrink == 2 else PARTLY if shrink == 1 else NOT
     return out
@@ -70,11 +104,12 @@ def memorization_summary(metrics: pd.DataFrame) -> dict:
             "final_restored": float(last["acc_permuted_true"])}
 
 
-def first_learning(summary: pd.DataFrame, metrics: pd.DataFrame, early: int) -> dict:
+def first_learning(summary: pd.DataFrame, metrics: pd.DataFrame, early: int,
+                   thresholds: Thresholds = THRESHOLDS) -> dict:
     """Claim 1: before memorization every layer learns the shared features. At the early-stopping
-    epoch the unpermuted examples are fitted far better than the permuted ones are memorized, and
-    the capacity of test manifolds has risen from initialisation in every trained layer
-    (reproduced: both; partly: one)."""
+    epoch the unpermuted examples are fitted better than the permuted ones are memorized, by more
+    than `thresholds.fitted_gap`, and the capacity of test manifolds has risen from initialisation
+    by more than `thresholds.change` in every trained layer (reproduced: both; partly: one)."""
     m = metrics.set_index("epoch")
     layers = summary.sort_values("depth").drop_duplicates("layer")["layer"].tolist()
     trained = [l for l in layers if l != "input"]
@@ -83,89 +118,77 @@ def first_learning(summary: pd.DataFrame, metrics: pd.DataFrame, early: int) -> 
     out = {"acc_unpermuted_early": float(m.loc[early, "acc_unpermuted"]),
            "acc_permuted_train_early": float(m.loc[early, "acc_permuted_train"]),
            "test_capacity_rise_min": float(min(rises.values())),
-           "layers_rising": sum(r > 1 + CHANGE for r in rises.values()), "n_layers": len(trained)}
-    gap = out["acc_unpermuted_early"] - out["acc_permuted_train_early"] > 0.2
+           "layers_rising": sum(r > 1 + thresholds.change for r in rises.values()), "n_layers": len(trained)}
+    gap = out["acc_unpermuted_early"] - out["acc_permuted_train_early"] > thresholds.fitted_gap
     allrise = out["layers_rising"] == out["n_layers"]
-    out["verdict"] = REPRODUCED if gap and allrise else PARTLY if gap or allrise else NOT
+    out["verdict"] = both_or_one(gap, allrise)
     return out
 
 
-def maini_verdict(ms: dict, late_share_max: float = 0.8) -> str:
+def simulated_deviation(sim: pd.DataFrame) -> float:
+    """Median of |simulated - mean-field| / mean-field capacity over the rows of a simulated check."""
+    rel = ((sim["capacity_simulated"] - sim["capacity_meanfield"]) / sim["capacity_meanfield"]).abs()
+    return float(rel.median())
+
+
+def simulated_verdict(deviation: float, thresholds: Thresholds = THRESHOLDS) -> str:
+    """Fig. 1B: reproduced when the median relative deviation is below `simulated_close`, partly
+    below `simulated_partly`."""
+    return REPRODUCED if deviation < thresholds.simulated_close else PARTLY if deviation < thresholds.simulated_partly else NOT
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewinding
+
+def rewind_claim_holds(late_fraction: float, early_fraction: float, thresholds: Thresholds = THRESHOLDS) -> bool:
+    """Claim 3 on the fractions of the test-accuracy gap recovered by rewinding to the early-stopping
+    epoch: it holds when the best cumulative rewind that starts in the late half recovers at least
+    `thresholds.recovered` and the best single early layer does not (a missing fraction, nan, is
+    never at least anything)."""
+    return bool(late_fraction >= thresholds.recovered and not early_fraction >= thresholds.recovered)
+
+
+def rewind_verdict(holds: bool) -> str:
+    return REPRODUCED if holds else NOT
+
+
+def maini_verdict(ms: dict, late_share_max: float = THRESHOLDS.late_share) -> str:
     """Maini et al.'s claim (memorization is spread, not in the last layers): reproduced when no
-    single layer rewound alone removes half the memorization and the late half of the layers
+    single layer rewound alone removes `recovered` (half) of the memorization and the late half of the layers
     accounts for less than `late_share_max` of what single rewinds remove; partly when one holds."""
-    spread = ms["n_strong"] == 0
-    not_late = ms["late_share"] < late_share_max
-    return REPRODUCED if spread and not_late else PARTLY if spread or not_late else NOT
+    return both_or_one(ms["n_strong"] == 0, ms["late_share"] < late_share_max)
+
+
+# ---------------------------------------------------------------------------------------------
+# Double descent
+
+def double_descent_verdict(rep: dict, threshold, thresholds: Thresholds = THRESHOLDS) -> str:
+    """"reproduced": a local test-error peak more than `peak_sigmas` standard errors (`min_height`
+    of `sweep.peak_report`) above the best narrower model and above the widest model, within a
+    factor `peak_near` of the interpolation threshold; "partly": such a peak elsewhere; "not
+    reproduced": none."""
+    min_height = rep["min_height"]
+    has_peak = (rep["local_peak_width"] is not None and rep["local_peak_height"] > min_height
+                and rep["local_peak_above_widest"] > min_height)
+    if not has_peak:
+        return NOT
+    near = threshold is not None and abs(np.log2(rep["local_peak_width"] / threshold)) <= np.log2(thresholds.peak_near)
+    return REPRODUCED if near else PARTLY
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients
+
+def gradient_claim(ratio_init: float, growth: float, thresholds: Thresholds = THRESHOLDS) -> dict:
+    """Claim 5: the permuted/unpermuted gradient ratio at initialisation is small (below
+    `gradient_small`) and grows during memorization (by `gradient_growth` or more; a missing
+    growth, nan, does not count). Returns both parts and the verdict."""
+    small = bool(ratio_init < thresholds.gradient_small)
+    grows = bool(growth >= thresholds.gradient_growth)
+    return {"small_init": small, "grows": grows, "verdict": both_or_one(small, grows)}
 
 
 def book_claims(p, progress: bool = False) -> pd.DataFrame:
-    """The paper's claims with the measured evidence and a verdict, from the same functions (and
-    caches) the section notebooks use. One row per claim."""
-    from . import gradients as G
-    from . import rewind as rw
-    from .probe import geometry_over_epochs, select_sim_epochs, simulated_check
-    from .sweep import double_descent_verdict, interpolation_threshold, peak_report, sweep_table, train_sweep
-    from .train import train
-
-    run = train(p.run, progress=progress)
-    metrics = run.metrics
-    mem = memorization_summary(metrics)
-    summary, _ = geometry_over_epochs(run, p.probe, progress=progress)
-    analysed = sorted(summary["epoch"].unique())
-    c1 = first_learning(summary, metrics, mem["early_stop"])
-    lc = layer_claims(summary, mem["early_stop"], max(analysed))
-    rows = [
-        ("1. All layers first learn the shared features (generalization comes first)",
-         f"at early stopping (epoch {mem['early_stop']}) unpermuted examples fitted {c1['acc_unpermuted_early']:.2f}, "
-         f"permuted memorized {c1['acc_permuted_train_early']:.2f}; test-manifold capacity rose in "
-         f"{c1['layers_rising']} of {c1['n_layers']} layers", c1["verdict"], "layers"),
-        ("2a. Memorization happens late and in the deep layers",
-         f"permuted capacity end/early-stop x{lc['perm_last']:.2f} in the last layer vs x{lc['perm_first']:.2f} in the first third",
-         lc["verdict1"], "layers"),
-        ("2b. Deep layers lose the true class of mislabelled images; early layers keep it",
-         f"restored capacity x{lc['rest_last']:.2f} in the last layer vs x{lc['rest_first']:.2f} in the first third",
-         lc["verdict2"], "layers"),
-        ("2c. Memorization works through shrinking radius and dimension",
-         f"permuted manifolds, last layer: radius x{lc['radius_last']:.2f}, dimension x{lc['dimension_last']:.2f}",
-         lc["verdict3"], "layers"),
-    ]
-    table = rw.rewind_table(run, epochs=rw.default_epochs(run, n=8), bn="rewind", progress=progress)
-    s = rw.summary(table, run)
-    rows.append(("3. Rewinding the final layers to before memorization restores generalization",
-                 f"best cumulative rewind of late layers recovers {s['late_best_fraction']:.0%} of the "
-                 f"{s['gap']:.3f} test-accuracy gap; best single early layer {s['early_best_fraction']:.0%}",
-                 REPRODUCED if s["claim_holds"] else NOT, "rewind"))
-    ms = rw.maini_summary(table, run)
-    rows.append(("(Maini et al.) Memorization is spread over layers, not only the last ones",
-                 f"single-layer rewinds: {ms['late_share']:.0%} of the memorization removed comes from the late half; "
-                 f"layers removing half or more of it: {', '.join(ms['strong_layers']) or 'none'}",
-                 maini_verdict(ms), "rewind"))
-    runs = train_sweep(p.sweep, progress=progress)
-    st = sweep_table(runs)
-    thr = interpolation_threshold(st)
-    rep = peak_report(st, thr)
-    rows.append(("4. Model-wise double descent, tied to the geometry",
-                 f"interpolation threshold: {'none' if thr is None else f'width {thr}'}; largest local test-error peak "
-                 f"{rep['local_peak_height']:.3f} above narrower models "
-                 f"(at width {rep['local_peak_width']})" if rep["local_peak_width"] else
-                 f"interpolation threshold: {'none' if thr is None else f'width {thr}'}; no test-error peak",
-                 double_descent_verdict(rep, thr), "double_descent"))
-    # The same calls (and caches) as the gradient section.
-    from dataclasses import replace
-    gs = G.settings_for(p)
-    data = run.load_data()
-    gt = G.gradients_over_epochs(run, gs, data=data, progress=progress)
-    full0 = G.gradients_over_epochs(run, replace(gs, n_examples=0), epochs=[0], data=data, progress=progress)
-    gv = G.verdict(gt, metrics, mem["early_stop"], small=0.5, growth=1.5, full_init=full0)
-    rows.append(("5. Near initialization the permuted examples' gradient is small",
-                 f"permuted/unpermuted gradient ratio {gv['ratio_init_full']:.2f} at initialization (whole "
-                 f"training subset); during memorization {gv['growth']:.2f} times its initial value",
-                 REPRODUCED if gv["small_init"] and gv["grows"] else PARTLY if gv["small_init"] or gv["grows"] else NOT,
-                 "gradients"))
-    sim = simulated_check(run, p.probe, select_sim_epochs(run, p.probe, analysed), progress=progress)
-    dev = float(((sim["capacity_simulated"] - sim["capacity_meanfield"]) / sim["capacity_meanfield"]).abs().median())
-    rows.append(("(Fig. 1B) Mean-field capacity matches simulated capacity",
-                 f"median relative deviation {dev:.1%} over {len(sim)} layer/epoch/type sets",
-                 REPRODUCED if dev < 0.15 else PARTLY if dev < 0.3 else NOT, "layers"))
-    return pd.DataFrame(rows, columns=["claim", "measured", "verdict", "section"])
+    """The introduction's claim table (moved to `memgeo.reports.intro.claims_table`)."""
+    from .reports.intro import claims_table
+    return claims_table(p, progress=progress)

@@ -55,3 +55,26 @@ def cifar_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_cifar_batches(root / "cifar-10-batches-py", 40, 20)
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_reports(cifar_root, tmp_path_factory):
+    """Every section report of the book on the smoke preset (tiny synthetic CIFAR-10): what the
+    notebooks glue, draw and display. Runs and caches live in a temporary runs folder."""
+    from memgeo.config import configure
+    from memgeo.reports.double_descent import double_descent_report
+    from memgeo.reports.gradients import gradients_report
+    from memgeo.reports.layers import layers_report
+    from memgeo.reports.methods import methods_report
+    from memgeo.reports.rewind import rewind_report
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEMGEO_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+    mp.setenv("MEMGEO_DATA_ROOT", str(cifar_root))
+    try:
+        p = configure("smoke", {"unverified_local_copy": True, "checks.n_t": 400, "checks.n_dichotomies": 4})
+        yield p, {"layers": layers_report(p, progress=False), "rewind": rewind_report(p),
+                  "double_descent": double_descent_report(p, progress=False), "gradients": gradients_report(p),
+                  "methods": methods_report(p)}
+    finally:
+        mp.undo()

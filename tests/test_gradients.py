@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,13 +61,6 @@ def test_split_parts_sum_to_the_full_gradient(tiny_run):
     assert t.set_index("layer").loc[G.ALL, "norm_full"] == pytest.approx(np.sqrt(total))
 
 
-def test_per_example_gradients_refuse_train_mode(tiny_run):
-    run, data = tiny_run
-    model = run.load_model(0).train()
-    with pytest.raises(ValueError, match="eval mode"):
-        G.per_example_gradients(model, data.normalise(data.x_train[:2]), data.train_label[:2])
-
-
 def _const_fn(vectors):
     def fn(idx):
         return {"w": vectors[torch.as_tensor(idx)]}
@@ -86,17 +81,6 @@ def test_coherence_identical_and_orthogonal():
     assert row["coherence_unpermuted"] == pytest.approx(1.0)
     assert row["coherence_permuted"] == pytest.approx(1 / n)
     assert row["per_example_unpermuted"] == pytest.approx(float(same[0].norm()))
-
-
-def test_subset_sums_match_direct_sums():
-    vecs = torch.randn(20, 7).double()
-    member = (np.random.default_rng(0).random((3, 20)) < 0.5).astype(float)
-    s = G.subset_gradient_sums(_const_fn(vecs), np.arange(20), member, batch_size=6)
-    m = torch.as_tensor(member)
-    torch.testing.assert_close(s.sums["w"], m @ vecs)
-    torch.testing.assert_close(s.sq["w"], m @ vecs.pow(2).sum(1))
-    with pytest.raises(ValueError, match="membership"):
-        G.subset_gradient_sums(_const_fn(vecs), np.arange(20), member[:, :5])
 
 
 def test_balanced_order_and_stratified_sample():
@@ -167,12 +151,13 @@ def test_epochs_are_cached_and_only_missing_ones_computed(tiny_run, monkeypatch)
     assert G.select_epochs(run, s)[0] == 0 and G.select_epochs(run, s)[-1] == 3
     assert run.early_stop_epoch in G.select_epochs(run, s)
     calls = []
-    real = G._epoch_rows
-    monkeypatch.setattr(G, "_epoch_rows", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = G.epoch_rows
+    monkeypatch.setattr(G, "epoch_rows", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     first = G.gradients_over_epochs(run, s, epochs=[0, 2], data=data)
     assert calls == [0, 2] and sorted(first["epoch"].unique()) == [0, 2]
-    path = G.cache_path(run, "epochs", s.epochs_hash())
-    assert path.exists() and path.with_suffix(".json").exists()
+    entry = G.epochs_cache(run, s)
+    assert entry.path().exists() and (entry.folder / "key.json").exists()
+    assert entry.folder.parent == run.path / "gradients"
     again = G.gradients_over_epochs(run, s, epochs=[0, 2], data=data)
     assert calls == [0, 2]
     pd.testing.assert_frame_equal(first, again)
@@ -180,8 +165,10 @@ def test_epochs_are_cached_and_only_missing_ones_computed(tiny_run, monkeypatch)
     assert calls == [0, 2, 1] and sorted(more["epoch"].unique()) == [0, 1, 2]
     pd.testing.assert_frame_equal(more[more["epoch"] != 1].reset_index(drop=True), first)
     # batch size is not part of the key; the sample size is
-    assert G.GradientSettings(n_examples=40, batch_size=8, num_threads=2).epochs_hash() == s.epochs_hash()
-    assert G.GradientSettings(n_examples=41).epochs_hash() != s.epochs_hash()
+    key = lambda **kw: G.epochs_cache(run, G.GradientSettings(**kw)).key
+    assert key(n_examples=40, batch_size=8, num_threads=2) == entry.key
+    assert key(n_examples=41) != entry.key and key(n_examples=40, seed=1) != entry.key
+    assert G.scaling_cache(run, s).key != entry.key
     with pytest.raises(ConfigError, match="no checkpoint"):
         G.select_epochs(run, G.GradientSettings(epochs="0,99"))
 
@@ -206,18 +193,6 @@ def test_verdict_on_a_synthetic_history():
     assert not G.verdict(pd.DataFrame(rows), metrics, early_stop=8)["grows"]   # no memorization phase seen
 
 
-def test_summary_numbers_are_plain_values(tiny_run):
-    import dataclasses
-    run, data = tiny_run
-    s = G.GradientSettings(n_examples=30, epochs="0,3", sizes=(4, 8), repeats=2, batch_size=32)
-    table = G.gradients_over_epochs(run, s, data=data)
-    full = G.gradients_over_epochs(run, dataclasses.replace(s, n_examples=60), epochs=[0], data=data)
-    nums = G.summary_numbers(run, data, s, table, full, G.scaling_at_epoch(run, s, data=data))
-    assert nums["n_train"] == len(data.x_train) and nums["n_unperm_all"] + nums["n_perm_all"] == 60
-    assert nums["verdict"] in ("reproduces", "reproduces only in part", "does not reproduce")
-    assert all(isinstance(v, (int, float, str, bool)) for v in nums.values())
-
-
 def test_scaling_at_epoch_is_cached(tiny_run, monkeypatch):
     run, data = tiny_run
     s = G.GradientSettings(sizes=(4, 8), repeats=2, pool_factor=2, batch_size=16)
@@ -230,7 +205,8 @@ def test_scaling_at_epoch_is_cached(tiny_run, monkeypatch):
 
 
 def test_settings_follow_the_preset():
-    assert G.settings_for(configure("smoke")).sizes == configure("smoke").grad_sizes
-    assert G.settings_for(configure("cpu"), repeats=2).repeats == 2
+    assert configure("smoke").gradients.sizes == (8, 16, 32) and configure("cpu").gradients.n_examples == 1024
+    assert G.settings_for(configure("cpu"), repeats=2) == replace(configure("cpu").gradients, repeats=2)
+    assert configure("smoke", {"gradients.repeats": "5"}).gradients.repeats == 5
     with pytest.raises(ConfigError):
         G.GradientSettings(sizes=())

@@ -4,8 +4,9 @@ import torch
 
 from memgeo.config import ConfigError, ProbeConfig, RunConfig
 from memgeo.data import load_data
+from memgeo.geometry import analyze
 from memgeo.models import build_model
-from memgeo.probe import Probe, geometry_over_epochs, sample_manifolds, select_epochs
+from memgeo.probe import Probe, geometry_cache, geometry_over_epochs, sample_manifolds, select_epochs
 from memgeo.train import train
 
 
@@ -56,9 +57,9 @@ def test_probe_layers_projection_and_eval_mode(data):
     model.train()
     np.testing.assert_allclose(np.concatenate(feats["logits"]), direct, rtol=1e-5, atol=1e-5)
     # One projection per layer, reused: the same matrix object and identical outputs next time.
-    proj = pr._proj["conv1"]
+    proj = pr.projection("conv1", 2048)
     again = pr.features(model, data, ms, "test", "conv1")
-    assert pr._proj["conv1"] is proj
+    assert pr.projection("conv1", 2048) is proj
     np.testing.assert_array_equal(np.concatenate(again), np.concatenate(feats["conv1"]))
 
 
@@ -75,6 +76,7 @@ def test_geometry_table_is_cached_and_tidy(cifar_root, tmp_path, monkeypatch):
                               "center_correlation", "K"}
     assert np.isfinite(s[["capacity", "radius", "dimension"]].to_numpy()).all()
     file = next((run.path / "geometry").glob("*/summary.csv"))
+    assert file.parent.name == geometry_cache(run, probe).key
     mtime = file.stat().st_mtime
     s2, _ = geometry_over_epochs(run, probe, layers=["conv2", "logits"], progress=False)
     assert file.stat().st_mtime == mtime                  # nothing recomputed
@@ -83,11 +85,40 @@ def test_geometry_table_is_cached_and_tidy(cifar_root, tmp_path, monkeypatch):
         select_epochs(run, ProbeConfig(P=3, M=5, epochs="0,7"))
 
 
-def test_cached_geometry_is_keyed_by_engine_version(monkeypatch):
+def test_geometry_table_rows_equal_a_direct_analysis(cifar_root, tmp_path, monkeypatch):
+    """A row of the cached table is analyze() on the same features: the manifolds drawn with the
+    run's seed, the layer's fixed projection, the probe's n_t and kappa."""
+    cfg = RunConfig(unverified_local_copy=True, train_per_class=40, test_per_class=20, eps=0.5, width=4,
+                    epochs=2, batch_size=32, seed=3)
+    run = train(cfg, runs_dir=tmp_path, data_root=cifar_root, progress=False)
+    monkeypatch.setenv("MEMGEO_DATA_ROOT", str(cifar_root))
+    probe = ProbeConfig(P=3, M=5, n_t=30, kappa=0.1, proj_dim=200, epochs="2")
+    s, pm = geometry_over_epochs(run, probe, layers=["conv1", "conv4"], progress=False)
+    data = run.load_data()
+    mset = sample_manifolds(data, probe.P, probe.M, seed=3)
+    model = run.load_model(2)
+    for layer, kind in (("conv1", "permuted"), ("conv4", "test")):
+        feats = Probe(probe.proj_dim, seed=3).features(model, data, mset, kind, layer)
+        res = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=3)
+        row = s[(s["layer"] == layer) & (s["type"] == kind)].iloc[0]
+        assert row["features"] == feats[0].shape[1] == (200 if layer == "conv1" else 32 * 2 * 2)
+        for q in ("capacity", "radius", "dimension", "center_correlation", "K"):
+            assert row[q] == getattr(res, q), q
+        per = pm[(pm["layer"] == layer) & (pm["type"] == kind)]
+        assert per["manifold"].tolist() == list(mset.classes)
+        np.testing.assert_array_equal(per["capacity"].to_numpy(), res.per_manifold.capacity)
+        np.testing.assert_array_equal(per["radius"].to_numpy(), res.per_manifold.radius)
+
+
+def test_cached_geometry_is_keyed_by_settings_seed_and_engine_version(tmp_path):
     # results of an engine that gives other numbers must not be reused
-    from memgeo import probe as probe_mod
+    from types import SimpleNamespace
+    from memgeo.geometry import ENGINE_VERSION
+    run = SimpleNamespace(path=tmp_path, config=RunConfig())
     p = ProbeConfig()
-    a = probe_mod.probe_hash(p, 0)
-    assert a == probe_mod.probe_hash(p, 0) and a != probe_mod.probe_hash(p, 1)
-    monkeypatch.setattr(probe_mod, "ENGINE_VERSION", probe_mod.ENGINE_VERSION + 1)
-    assert probe_mod.probe_hash(p, 0) != a
+    a = geometry_cache(run, p)
+    assert a.key == geometry_cache(run, p).key and a.version == ENGINE_VERSION
+    assert a.key != geometry_cache(SimpleNamespace(path=tmp_path, config=RunConfig(seed=1)), p).key
+    assert a.key != geometry_cache(run, ProbeConfig(M=49)).key
+    assert a.key == geometry_cache(run, ProbeConfig(max_epochs=3, sim_dichotomies=7)).key   # not in the numbers
+    assert a.folder == tmp_path / "geometry" / a.key

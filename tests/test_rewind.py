@@ -146,8 +146,8 @@ def test_table_equals_train_evaluate_and_is_cached(run, data, monkeypatch):
     last = table[table["layer"] == "logits"]
     assert last.groupby("epoch")["acc_test"].nunique().eq(1).all()
     # Cached in the run folder; a second call reads it.
-    files = sorted((run.path / "rewind").glob("*.csv"))
-    assert len(files) == 1 and not files[0].name.endswith(".partial.csv")
+    files = sorted((run.path / "rewind").glob("*/*.csv"))
+    assert [f.name for f in files] == ["table.csv"]
     monkeypatch.setattr(rw, "evaluate_from", lambda *a, **k: pytest.fail("recomputed a cached table"))
     pd.testing.assert_frame_equal(rw.rewind_table(run, epochs=[2, 0], data=data), table)
 
@@ -161,14 +161,14 @@ def test_fast_path_equals_train_evaluate(run, data, bn, budget):
     if budget == "all":
         nbytes = None
     else:   # room for the inputs of conv4 and logits only: the other layers start from conv4's
-        sizes = inputs._bytes_per_example()
+        sizes = inputs.bytes_per_example()
         nbytes = (sizes["conv4"] + sizes["logits"]) * (len(data.x_train) + len(data.x_test))
         assert set(rw.BlockInputs(run.load_model(3), data, 48, nbytes).kept) == {"conv4", "logits"}
     fast = rw.rewind_table(run, epochs=[1], data=data, cache=False, bn=bn, batch_size=48, budget_bytes=nbytes)
     pd.testing.assert_frame_equal(fast, reference)
 
 
-def test_table_resumes_from_partial(run, data, monkeypatch):
+def test_table_resumes_after_an_interruption(run, data, monkeypatch):
     fresh = rw.rewind_table(run, epochs=[0, 1], layers=["conv4", "logits"], data=data, cache=False)
     real = type(run).load_state
 
@@ -180,7 +180,8 @@ def test_table_resumes_from_partial(run, data, monkeypatch):
     monkeypatch.setattr(type(run), "load_state", flaky)
     with pytest.raises(KeyboardInterrupt):
         rw.rewind_table(run, epochs=[0, 1], layers=["conv4", "logits"], data=data)
-    assert len(list((run.path / "rewind").glob("*.partial.csv"))) == 1
+    entry = rw.rewind_cache(run, ["conv4", "logits"], rw.MODES, "rewind", 3, torch.device("cpu"))
+    assert set(entry.read()["epoch"]) == {0}          # the epoch finished before the interruption
     monkeypatch.setattr(type(run), "load_state", real)
     calls = []
     orig = rw.evaluate_from
@@ -188,7 +189,6 @@ def test_table_resumes_from_partial(run, data, monkeypatch):
     resumed = rw.rewind_table(run, epochs=[0, 1], layers=["conv4", "logits"], data=data)
     assert len(calls) == 3     # epoch 1 only: conv4, logits (single), conv4->out (cumulative)
     pd.testing.assert_frame_equal(resumed, fresh)
-    assert not list((run.path / "rewind").glob("*.partial.csv"))
 
 
 def test_recompute_table(run, data):

@@ -3,6 +3,8 @@ import pandas as pd
 import pytest
 
 from memgeo.config import ProbeConfig, RunConfig, SweepConfig
+from memgeo.geometry import analyze
+from memgeo.probe import Probe, sample_manifolds
 from memgeo.sweep import interpolation_threshold, peak_report, sweep_geometry, sweep_table, train_sweep, width_configs
 from memgeo.train import run_path, train
 
@@ -35,9 +37,23 @@ def test_sweep_resumes_without_retraining_finished_widths(cifar_root, tmp_path, 
     assert table["width"].tolist() == [1, 2, 4]
     assert table["parameters"].is_monotonic_increasing
     assert table[["train_error", "test_error"]].stack().between(0, 1).all()
-    geo = sweep_geometry(runs, ProbeConfig(P=3, M=2, n_t=20, proj_dim=100), progress=False)
+    probe = ProbeConfig(P=3, M=2, n_t=20, proj_dim=100)
+    geo = sweep_geometry(runs, probe, progress=False)
     assert set(geo["position"]) == {"last", "last-1"} and set(geo["width"]) == {1, 2, 4}
     assert len(geo) == 3 * 2 * 4 and np.isfinite(geo["capacity"]).all()
+    # Each width's rows are the geometry of its final model's last two layers: logits ("last") and
+    # conv4 ("last-1"), equal to analyze() on the same features.
+    for run in runs:
+        g = geo[geo["width"] == run.config.width]
+        assert dict(zip(g["layer"], g["position"])) == {"logits": "last", "conv4": "last-1"}
+        assert (g["epoch"] == run.config.epochs).all()
+        data = run.load_data()
+        mset = sample_manifolds(data, probe.P, probe.M, run.config.seed)
+        feats = Probe(probe.proj_dim, run.config.seed).features(run.load_model(run.config.epochs), data, mset,
+                                                                "permuted", "conv4")
+        res = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=run.config.seed)
+        row = g[(g["layer"] == "conv4") & (g["type"] == "permuted")].iloc[0]
+        assert (row["capacity"], row["radius"], row["dimension"]) == (res.capacity, res.radius, res.dimension)
 
 
 def test_threshold_and_peak_report():
@@ -48,6 +64,8 @@ def test_threshold_and_peak_report():
     assert rep["local_peak_width"] == 4
     assert rep["local_peak_height"] == pytest.approx(0.06)
     assert rep["local_peak_above_widest"] == pytest.approx(0.11)
+    assert rep["noise"] == pytest.approx(np.sqrt(2 * 0.7 * 0.3 / 10_000)) and rep["min_height"] == 2 * rep["noise"]
+    assert peak_report(t, 4, sigmas=3.0)["min_height"] == pytest.approx(3 * rep["noise"])
     mono = t.assign(test_error=[0.7, 0.6, 0.55, 0.5, 0.45])
     assert peak_report(mono, 4)["local_peak_width"] is None
     assert interpolation_threshold(t.assign(train_error=0.3)) is None

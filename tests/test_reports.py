@@ -1,0 +1,102 @@
+"""The section reports (memgeo.reports): each page's glue names are all provided, values are
+plain Python values, the claim table gathers every claim, and reports agree with the compute
+modules they read."""
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memgeo import verdicts
+from memgeo.config import Thresholds
+from memgeo.gradients import GradientSettings, gradients_over_epochs, scaling_at_epoch
+from memgeo.reports.gradients import gradient_numbers
+from memgeo.reports.intro import claims_table, intro_glue, linked
+
+BOOK = Path(__file__).resolve().parent.parent / "book"
+
+
+def page_glue_names(page: str) -> tuple[set, set]:
+    """(names the page's text uses, names its code cells glue themselves)."""
+    text = (BOOK / f"{page}.md").read_text()
+    used = set(re.findall(r"\{glue:text\}`([A-Za-z0-9_]+)", text)) | set(re.findall(r"```\{glue:figure\} (\w+)", text))
+    own = set(re.findall(r"glue\(f?\"([A-Za-z0-9_{}]+)\"", text))
+    return used, own
+
+
+@pytest.mark.parametrize("page", ["layers", "rewind", "double_descent", "gradients", "methods"])
+def test_every_name_a_page_quotes_comes_from_its_report(smoke_reports, page):
+    _, reports = smoke_reports
+    used, own = page_glue_names(page)
+    figures = {n for n in used if "fig" in n}
+    own_expanded = {n for n in used if any(re.fullmatch(o.replace("{q}", r"\w+"), n) for o in own)}
+    missing = used - set(reports[page].glue) - (figures & own_expanded)
+    assert not missing, missing
+    plain = (bool, int, float, str, list)
+    assert all(isinstance(v, plain) for v in reports[page].glue.values()), \
+        {k: type(v) for k, v in reports[page].glue.items() if not isinstance(v, plain)}
+
+
+def test_claim_table_gathers_every_claim_in_order(smoke_reports, monkeypatch):
+    p, reports = smoke_reports
+    claims = {k: v for name in ("layers", "rewind", "double_descent", "gradients") for k, v in reports[name].claims.items()}
+    assert set(claims) == set(verdicts.CLAIMS)
+    assert all(v in verdicts.VERDICTS for _, v in claims.values())
+    table = claims_table(p)      # from the cache: the same numbers
+    assert list(table["claim"]) == [s for s, _ in verdicts.CLAIMS.values()]
+    assert list(table["verdict"]) == [claims[k][1] for k in verdicts.CLAIMS]
+    assert list(table["measured"]) == [claims[k][0] for k in verdicts.CLAIMS]
+    g = intro_glue(table, "src")
+    assert g["n_reproduced"] + g["n_partly"] + g["n_not"] == g["n_claims"] == len(verdicts.CLAIMS)
+    assert linked(table)["section"].iloc[-1] == '<a href="layers.html">layers</a>'
+    assert verdicts.book_claims(p).equals(table)       # the former entry point
+
+
+def test_reports_agree_with_the_rules(smoke_reports):
+    p, reports = smoke_reports
+    lay = reports["layers"]
+    assert lay["v_verdict1"] == lay.claims["late_deep"][1]
+    assert lay.claims["simulated"][1] == verdicts.simulated_verdict(lay["sim_median_dev"])
+    assert lay["sim_median_dev"] == verdicts.simulated_deviation(lay.tables["sim"])
+    rew = reports["rewind"]
+    n_test = rew.run.meta["n_test"]
+    assert rew["n_test"] == n_test and rew["se_test"] == pytest.approx(math.sqrt(
+        rew["final_test"] * (1 - rew["final_test"]) / n_test), rel=1e-12)
+    assert rew.claims["rewind"][1] == (verdicts.REPRODUCED if rew["claim_verdict"] == "holds for this model"
+                                       else verdicts.NOT)
+    dd = reports["double_descent"]
+    assert dd["dd_verdict"] == dd.claims["double_descent"][1] and dd["dd_tol"] == p.thresholds.interpolation_tol
+    gr = reports["gradients"]
+    verb = {"reproduces": verdicts.REPRODUCED, "reproduces only in part": verdicts.PARTLY,
+            "does not reproduce": verdicts.NOT}
+    assert verb[gr["gr_verdict"]] == gr.claims["gradients"][1]
+    assert gr.tables["numbers"].index.tolist()[-2:] == ["t_epochs", "t_scaling"]
+    m = reports["methods"]
+    assert m["max_rel_error"] < 0.5 and m["polygon_never_below"] is True and m["n_t_fig"] == 100
+
+
+def test_thresholds_reach_the_verdicts(smoke_reports):
+    from dataclasses import replace
+    from memgeo.reports.layers import layers_report
+    p, reports = smoke_reports
+    strict = replace(p, thresholds=replace(p.thresholds, simulated_close=-1.0, simulated_partly=-1.0))
+    assert layers_report(strict, progress=False).claims["simulated"][1] == verdicts.NOT
+    lenient = replace(p, thresholds=replace(p.thresholds, simulated_close=np.inf))
+    assert layers_report(lenient, progress=False).claims["simulated"][1] == verdicts.REPRODUCED
+
+
+def test_gradient_numbers_are_plain_values(smoke_reports):
+    import dataclasses
+    _, reports = smoke_reports
+    run = reports["gradients"].run
+    data = run.load_data()
+    s = GradientSettings(n_examples=30, epochs="0,3", sizes=(4, 8), repeats=2, batch_size=32)
+    table = gradients_over_epochs(run, s, data=data)
+    full = gradients_over_epochs(run, dataclasses.replace(s, n_examples=60), epochs=[0], data=data)
+    nums = gradient_numbers(run, data, s, table, full, scaling_at_epoch(run, s, data=data), Thresholds())
+    assert nums["n_train"] == len(data.x_train) and nums["n_unperm_all"] + nums["n_perm_all"] == 60
+    assert nums["verdict"] in ("reproduces", "reproduces only in part", "does not reproduce")
+    assert all(isinstance(v, (int, float, str, bool)) for v in nums.values())
+    assert pd.Series(nums).index.is_unique
