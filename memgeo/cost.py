@@ -72,3 +72,27 @@ def run_cost(cfg: RunConfig, measure: bool = True, gpu_tflops: tuple[float, floa
         out.update(cpu_images_per_s=ips, cpu_tflops=ips * fwd * TRAIN_FLOPS_PER_FORWARD / 1e12,
                    cpu_hours=images / ips / 3600)
     return out
+
+
+def preset_cost_table(p, gpu_tflops: tuple[float, float] = (20.0, 100.0), widths=(8, 64)):
+    """Cost of a preset's runs (for the reproducibility page): its main run, its sweep's run at
+    `widths`, and the whole sweep; CPU time measured here for the main run and the first width."""
+    import pandas as pd
+    planned = {f"{p.run.model} main run": p.run}
+    for k in widths:
+        planned[f"{p.sweep.run.model} sweep, width {k}"] = replace(p.sweep.run, width=k)
+    rows = {}
+    for i, (name, cfg) in enumerate(planned.items()):
+        c = run_cost(cfg, measure=i < 2, gpu_tflops=gpu_tflops)
+        rows[name] = {"dataset": cfg.dataset, "epochs": cfg.epochs, "training images": f"{c['images']:,}",
+                      "GFLOP per training image": round(c["train_gflops_per_image"], 2),
+                      "GPU hours (estimate)": f"{c['gpu_hours_low']:.2g} to {c['gpu_hours_high']:.2g}",
+                      "CPU hours here (extrapolated)": f"{c['cpu_hours']:,.0f}" if "cpu_hours" in c else "-"}
+    sweep = [run_cost(replace(p.sweep.run, width=w), measure=False, gpu_tflops=gpu_tflops) for w in p.sweep.widths]
+    rows[f"whole {p.sweep.run.model} sweep ({len(sweep)} widths)"] = {
+        "dataset": p.sweep.run.dataset, "epochs": p.sweep.run.epochs,
+        "training images": f"{sum(c['images'] for c in sweep):,}", "GFLOP per training image": "-",
+        "GPU hours (estimate)": f"{sum(c['gpu_hours_low'] for c in sweep):.2g} to "
+                                f"{sum(c['gpu_hours_high'] for c in sweep):.2g}",
+        "CPU hours here (extrapolated)": "-"}
+    return pd.DataFrame(rows).T.rename_axis(f"{p.name} preset")
