@@ -17,6 +17,7 @@ except ImportError as err:   # an optional extra: say how to get it
 
 from .config import RunConfig
 from .paths import runs_dir as default_runs_dir
+from .engine import usable_cpus
 from .train import train
 
 
@@ -29,18 +30,10 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self, cfg: RunConfig) -> str:
         import torch
         print(f"[memgeo] job {submitit.JobEnvironment().job_id}: run {cfg.resolved().hash()}", flush=True)
-        torch.set_num_threads(max(1, len(_affinity())))
+        torch.set_num_threads(usable_cpus())
         run = train(cfg, runs_dir=self.runs_dir, progress=False)
         print(f"[memgeo] run {run.path.name}: {run.trained_now} epoch(s) trained in this job", flush=True)
         return str(run.path)
-
-
-def _affinity():
-    import os
-    try:
-        return os.sched_getaffinity(0)
-    except AttributeError:
-        return range(os.cpu_count() or 1)
 
 
 def make_executor(kind: str, folder: Path, max_parallel: int | None, opts):
@@ -102,7 +95,8 @@ def run_submitit(cfgs: list[RunConfig], runs_dir, kind: str, max_parallel: int |
 def _collect(job, k: int, report) -> None:
     try:
         path = job.result()
-    except Exception as err:
-        report(k, None, f"job {job.job_id} failed: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
+    except Exception as err:   # submitit's message ends with the job's own error line
+        last = (str(err).strip().splitlines() or [""])[-1]
+        report(k, None, f"job {job.job_id} failed: {type(err).__name__}: {last}")
     else:
         report(k, path, None)

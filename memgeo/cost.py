@@ -36,24 +36,33 @@ def forward_flops_per_image(cfg: RunConfig) -> float:
     return float(counter.get_total_flops())
 
 
-def measure_images_per_second(cfg: RunConfig, batch: int = 16, steps: int = 2) -> float:
-    """Training images per second of `cfg`'s model on this CPU (fp32, in the memory format memgeo
-    trains in, SGD), from `steps` timed steps after one warm-up step on random data."""
-    model = build_model(replace(cfg, precision="fp32")).place("cpu")
+def measure_step_seconds(cfg: RunConfig, batch: int = 16, steps: int = 2) -> float:
+    """Median seconds of one training step (forward, backward, SGD) of `cfg`'s model on random data
+    on this CPU, in `cfg`'s precision and the memory format memgeo trains in; one warm-up step
+    (oneDNN builds its kernels) is not timed."""
+    model = build_model(cfg).place("cpu")
     size = IMAGE_SIZE[cfg.dataset]
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=model.memory_format)
-    y = torch.randint(0, NUM_CLASSES[cfg.dataset], (batch,))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = torch.randn(batch, 3, size, size).contiguous(memory_format=model.memory_format)
+        y = torch.randint(0, NUM_CLASSES[cfg.dataset], (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     times = []
     for i in range(steps + 1):
         t = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.precision == "bf16"):
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if i:
             times.append(time.perf_counter() - t)
-    return batch / (sum(times) / len(times))
+    return sorted(times)[len(times) // 2]
+
+
+def measure_images_per_second(cfg: RunConfig, batch: int = 16, steps: int = 2) -> float:
+    """Training images per second of `cfg`'s model on this CPU in fp32 (`measure_step_seconds`)."""
+    return batch / measure_step_seconds(replace(cfg, precision="fp32"), batch, steps)
 
 
 def run_cost(cfg: RunConfig, measure: bool = True, gpu_tflops: tuple[float, float] = (50.0, 200.0)) -> dict:

@@ -24,11 +24,10 @@ class BlockNet(nn.Module):
             raise ValueError("the last block must be named 'logits'")
         self.blocks = nn.ModuleDict(blocks)
         self.arch = arch
-
-    @property
-    def has_pointwise_conv(self) -> bool:
-        """Whether the model has 1x1 convolutions (ResNet shortcuts)."""
-        return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in self.modules())
+        # 1x1 convolutions (ResNet shortcuts) decide the CPU memory format (memory_format_for);
+        # the structure is fixed here, so this is found once, not per batch.
+        self.has_pointwise_conv = any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+                                      for m in self.modules())
 
     def memory_format_for(self, device) -> torch.memory_format:
         """channels_last (the fast path on GPUs, and for 3x3 convolutions on CPUs), except on a CPU

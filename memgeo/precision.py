@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 CONCRETE = ("bf16", "fp32")
@@ -100,26 +99,8 @@ def _decide_cpu() -> str:
 
 
 def measure_step_time(precision: str, width: int = 16, batch: int = 128, steps: int = 6) -> float:
-    """Median seconds of one training step (forward, backward, Adam) of the small CNN on random
-    CIFAR-sized data in `precision`, on the CPU, channels_last as memgeo trains."""
-    import torch
-    import torch.nn.functional as F
-
-    from .models import small_cnn
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = small_cnn(width, 10).to(memory_format=torch.channels_last)
-        x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (batch,))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    times = []
-    for i in range(steps + 1):
-        t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i:   # the first step warms oneDNN's kernel cache up
-            times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    """Median seconds of one training step of the small CNN on CIFAR-sized random data in
+    `precision` on the CPU (`memgeo.cost.measure_step_seconds`)."""
+    from .config import RunConfig
+    from .cost import measure_step_seconds
+    return measure_step_seconds(RunConfig(width=width, precision=precision, device="cpu"), batch, steps)

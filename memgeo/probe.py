@@ -100,10 +100,10 @@ class Probe:
         features are held, so peak memory is one layer at a time."""
         was_training = model.training
         model.eval()
-        dev = next(model.parameters()).device
+        dev, fmt = next(model.parameters()).device, model.memory_format
         out = []
         for i in range(0, len(x), batch_size):
-            xb = normalise(x[i:i + batch_size].to(dev)).contiguous(memory_format=model.memory_format)
+            xb = normalise(x[i:i + batch_size].to(dev)).contiguous(memory_format=fmt)
             f = model.forward_features(xb, [layer])[layer].flatten(1).float()
             out.append(self.projection(layer, f.shape[1])(f).cpu())
         model.train(was_training)

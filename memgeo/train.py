@@ -57,9 +57,9 @@ def predict(model: BlockNet, data: LabelledData, x: torch.Tensor, batch_size: in
     was_training = model.training
     model.eval()
     preds = []
-    dev = next(model.parameters()).device
+    dev, fmt = next(model.parameters()).device, model.memory_format
     for i in range(0, len(x), batch_size):
-        xb = data.normalise(x[i:i + batch_size].to(dev)).contiguous(memory_format=model.memory_format)
+        xb = data.normalise(x[i:i + batch_size].to(dev)).contiguous(memory_format=fmt)
         with autocast(model):
             preds.append(model(xb).argmax(1))
     model.train(was_training)
@@ -115,12 +115,13 @@ def train_one_epoch(model, opt, data: LabelledData, cfg: RunConfig, epoch: int, 
     n = len(data.x_train)
     order = torch.randperm(n, generator=g).to(device)
     total, count = 0.0, 0
+    fmt = model.memory_format
     for i in range(0, n, cfg.batch_size):
         idx = order[i:i + cfg.batch_size]
         xb = data.x_train[idx]
         if cfg.augment:
             xb = augment(xb, g)
-        xb = data.normalise(xb).contiguous(memory_format=model.memory_format)
+        xb = data.normalise(xb).contiguous(memory_format=fmt)
         yb = data.train_label[idx]
         with autocast(model):
             loss = F.cross_entropy(model(xb), yb)
