@@ -190,10 +190,19 @@ def describe(p: Preset, run=None, widths=None) -> str:
             f"eps={r.eps}, seed {r.seed}, {tail}")
 
 
+def training_configs(p: Preset) -> list:
+    """Every run the book reads: the shared run and the sweep's widths, for the page's own seed
+    and for every training seed the verdicts are replicated over (no run twice)."""
+    from .sweep import width_configs
+    configs = []
+    for q in [p, *p.replicas()]:
+        configs += [c for c in [q.run, *width_configs(q.sweep)] if c not in configs]
+    return configs
+
+
 def build_book(preset: str, overrides: dict, keep_going: bool = False) -> int:
     """Train what is missing (with progress bars), then build the book; print where the HTML is."""
     from .engine import run_all
-    from .sweep import width_configs
 
     p = configure(preset, overrides)
     os.environ[ENV_PRESET] = preset
@@ -202,8 +211,9 @@ def build_book(preset: str, overrides: dict, keep_going: bool = False) -> int:
     print(f"[memgeo] preset {preset!r}, overrides {overrides or '{}'}", flush=True)
     # Every run the sections read, in one pool (finished runs are reused, cut-off ones resume):
     # on a CPU the runs train side by side as one-thread processes, longest first.
-    configs = [p.run] + width_configs(p.sweep)
-    print(f"[memgeo] training: the shared run and {len(p.sweep.widths)} widths (reused if present)", flush=True)
+    configs = training_configs(p)
+    print(f"[memgeo] training: the shared run and {len(p.sweep.widths)} widths for each of seeds "
+          f"{', '.join(map(str, p.seeds))} ({len(configs)} runs, reused if present)", flush=True)
     runs = run_all(configs)
     print(f"[memgeo]   shared run {runs[0].path}", flush=True)
     print(f"[memgeo] executing notebooks and building the book ({time.time() - t0:.0f} s so far)", flush=True)

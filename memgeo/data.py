@@ -230,8 +230,8 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         if per_class > len(idx):
-            raise ConfigError(f"train/test_per_class={per_class} but class {c} has only {len(idx)} "
-                              f"examples: ask for at most {len(idx)} (or 0 for all)")
+            raise ConfigError(f"train/test/val_per_class={per_class} but class {c} has only {len(idx)} "
+                              f"examples left: ask for at most {len(idx)} (or 0 for all)")
         out.append(idx if per_class == 0 else rng.choice(idx, per_class, replace=False))
     return np.sort(np.concatenate(out))
 
@@ -271,6 +271,11 @@ class LabelledData:
     classes: list[str]
     train_index: np.ndarray    # indices into the full training split (provenance)
     test_index: np.ndarray
+    # The validation split: held out from the training pool, true labels, never trained on
+    # (empty when the config has val_per_class = 0).
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    val_index: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -291,7 +296,13 @@ class LabelledData:
 def load_data(cfg: RunConfig, root: Path | None = None, device="cpu") -> LabelledData:
     """Deterministic subset + permutation for a run config (same seed, same examples and labels)."""
     raw = load_raw(cfg, root)
-    tr = balanced_subset(raw.train.labels, cfg.train_per_class, derived_seed(cfg.seed, "subset", "train"))
+    pool = np.arange(len(raw.train.labels))
+    va = np.zeros(0, dtype=np.int64)
+    if cfg.val_per_class:
+        # the validation split first, so the training subset is drawn from what remains
+        va = balanced_subset(raw.train.labels, cfg.val_per_class, derived_seed(cfg.seed, "subset", "val"))
+        pool = np.setdiff1d(pool, va)
+    tr = pool[balanced_subset(raw.train.labels[pool], cfg.train_per_class, derived_seed(cfg.seed, "subset", "train"))]
     te = balanced_subset(raw.test.labels, cfg.test_per_class, derived_seed(cfg.seed, "subset", "test"))
     true = raw.train.labels[tr]
     train, selected = permute_labels(true, cfg.eps, derived_seed(cfg.seed, "permute"))
@@ -303,7 +314,9 @@ def load_data(cfg: RunConfig, root: Path | None = None, device="cpu") -> Labelle
         x_train=x, true_label=torch.from_numpy(true), train_label=torch.from_numpy(train),
         selected=torch.from_numpy(selected), permuted=torch.from_numpy(train != true),
         x_test=torch.from_numpy(raw.test.images[te].copy()), y_test=torch.from_numpy(raw.test.labels[te]),
-        mean=mean, std=std, classes=raw.classes, train_index=tr, test_index=te)
+        mean=mean, std=std, classes=raw.classes, train_index=tr, test_index=te,
+        x_val=torch.from_numpy(raw.train.images[va].copy()), y_val=torch.from_numpy(raw.train.labels[va]),
+        val_index=va)
     return data.to(device)
 
 

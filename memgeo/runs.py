@@ -5,7 +5,7 @@ Layout of `runs/<hash>/` (written by `memgeo.train.train`):
     config.json                 the RunConfig (plus provenance: device, memgeo version)
     metrics.csv                 one row per epoch (0 = initialisation), re-derived from last.pt
     last.pt                     model + optimizer + metrics history: the resume point
-    checkpoints/epoch_XXXX.pt   kept weights (the configured epochs, and the best-test epoch)
+    checkpoints/epoch_XXXX.pt   kept weights (the configured epochs, and the early-stopping epoch)
 
 A folder is checked cheaply (`Run.check`): config.json parses and names this run, last.pt and every
 promised checkpoint is a complete torch zip archive, metrics.csv lists the epochs; `full=True`
@@ -35,7 +35,13 @@ from .models import BlockNet, build_model
 from .paths import runs_dir as default_runs_dir
 
 METRIC_COLUMNS = ["epoch", "train_loss", "lr", "acc_unpermuted", "acc_permuted_train",
-                  "acc_permuted_true", "acc_test", "seconds"]
+                  "acc_permuted_true", "acc_test", "acc_val", "seconds"]
+
+
+def selection_column(cfg: RunConfig) -> str:
+    """The metric the early-stopping epoch maximises: validation accuracy when the run holds a
+    validation split out, else test accuracy (the paper's choice)."""
+    return "acc_val" if cfg.val_per_class else "acc_test"
 
 
 class CheckpointError(RuntimeError):
@@ -248,20 +254,22 @@ class Run:
 
     @property
     def early_stop_epoch(self) -> int:
-        """Epoch of best test accuracy (first one on ties): the paper's early-stopping point."""
+        """The early-stopping epoch: best validation accuracy (test accuracy without a validation
+        split), the first one on ties."""
         m = self.metrics
-        return int(m.loc[m["acc_test"].idxmax(), "epoch"])
+        return int(m.loc[m[selection_column(self.config)].idxmax(), "epoch"])
 
     def checkpoint_path(self, epoch: int) -> Path:
         return self.path / "checkpoints" / f"epoch_{epoch:04d}.pt"
 
     def promised_epochs(self, last_epoch: int | None = None, best_epoch: int | None = None) -> list[int]:
         """Epochs whose checkpoints the run must hold: the configured ones up to its last epoch and
-        the best-test epoch (both read from metrics.csv unless given)."""
+        the early-stopping epoch (both read from metrics.csv unless given)."""
         if last_epoch is None or best_epoch is None:
             m = self.metrics
             last_epoch = int(m["epoch"].max()) if last_epoch is None else last_epoch
-            best_epoch = int(m.loc[m["acc_test"].idxmax(), "epoch"]) if best_epoch is None else best_epoch
+            best_epoch = (int(m.loc[m[selection_column(self.config)].idxmax(), "epoch"]) if best_epoch is None
+                          else best_epoch)
         return sorted({e for e in self.config.checkpoint_epochs() if e <= last_epoch} | {best_epoch})
 
     def load_state(self, epoch: int) -> dict:

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .config import ProbeConfig, RunConfig, SweepConfig, Thresholds
+from .claims import interval
+from .heldout import full_test_accuracy, full_test_cache
 from .runs import Run
 from .verdicts import double_descent_verdict  # noqa: F401  (the rule lives in memgeo.verdicts)
 
@@ -40,7 +42,8 @@ def train_sweep(sweep: SweepConfig, runs_dir=None, progress: bool = True, execut
 
 
 def sweep_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per width: parameters, final train error (vs training labels), test error, best test."""
+    """One row per width: parameters, final train error (vs training labels), final test error on
+    the whole test split (`memgeo.heldout`; the curves' subset error beside it), best test."""
     rows = []
     for run in runs:
         meta = run.meta
@@ -50,10 +53,14 @@ def sweep_table(runs: list[Run]) -> pd.DataFrame:
         train_acc = (1 - f) * last["acc_unpermuted"] + f * last["acc_permuted_train"]
         from .models import build_model
         n_params = sum(p.numel() for p in build_model(run.config, run.num_classes).parameters())
-        rows.append({"width": run.config.width, "parameters": n_params, "train_error": 1 - train_acc,
-                     "test_error": 1 - last["acc_test"], "best_test_error": 1 - m["acc_test"].max(),
-                     "memorized": last["acc_permuted_train"], "epochs": int(last["epoch"]),
-                     "n_test": meta["n_test"], "run": run.path.name})
+        end = int(last["epoch"])
+        test_acc = float(full_test_accuracy(run, [end]).iloc[0])
+        full = full_test_cache(run).read("table").set_index("epoch")
+        rows.append({"width": run.config.width, "seed": run.config.seed, "parameters": n_params,
+                     "train_error": 1 - train_acc, "test_error": 1 - test_acc,
+                     "test_error_curve": 1 - last["acc_test"], "best_test_error": 1 - m["acc_test"].max(),
+                     "memorized": last["acc_permuted_train"], "epochs": end,
+                     "n_test": int(full.loc[end, "n_test"]), "eps_effective": f, "run": run.path.name})
     return pd.DataFrame(rows).sort_values("width").reset_index(drop=True)
 
 
@@ -111,3 +118,68 @@ def sweep_geometry(runs: list[Run], probe: ProbeConfig, layers_from_end: int = 2
             {l: f"last{'' if k == 0 else f'-{k}'}" for k, l in enumerate(reversed(model_layers))}))
         frames.append(s)
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Over training seeds: every width trained once per seed; seeds pair the comparisons
+
+def width_summary(long: pd.DataFrame, tol: float = INTERPOLATION_TOL) -> pd.DataFrame:
+    """One row per width: seeds, mean train and test error with the 95 % interval of the test
+    error over seeds, and whether the mean train error is within `tol` (fits the noisy set)."""
+    rows = []
+    for w, d in long.groupby("width"):
+        iv = interval(d["test_error"])
+        rows.append({"width": int(w), "seeds": iv["n"], "parameters": int(d["parameters"].iloc[0]),
+                     "train_error": float(d["train_error"].mean()), "test_error": iv["mean"],
+                     "test_lo": iv["lo"], "test_hi": iv["hi"], "fits": bool(d["train_error"].mean() <= tol)})
+    return pd.DataFrame(rows)
+
+
+def paired(long: pd.DataFrame, a: int, b: int, column: str = "test_error") -> pd.Series:
+    """Per seed: `column` at width a minus at width b (seeds present at both)."""
+    t = long.pivot_table(index="seed", columns="width", values=column)
+    return (t[a] - t[b]).dropna()
+
+
+def neighbour_differences(long: pd.DataFrame) -> pd.DataFrame:
+    """Paired comparison of neighbouring widths: test error of the wider minus the narrower, per
+    seed, as a mean with its 95 % interval (an interval above 0: the wider model is worse)."""
+    widths = sorted(long["width"].unique())
+    rows = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        iv = interval(paired(long, b, a))
+        rows.append({"narrower": int(a), "wider": int(b), "seeds": iv["n"], "difference": iv["mean"],
+                     "lo": iv["lo"], "hi": iv["hi"],
+                     "reading": ("wider worse" if iv["lo"] > 0 else "wider better" if iv["hi"] < 0
+                                 else "no difference beyond the seeds' spread")})
+    return pd.DataFrame(rows)
+
+
+def threshold_over_seeds(long: pd.DataFrame, tol: float = INTERPOLATION_TOL):
+    """The interpolation threshold: the smallest width whose train error, averaged over seeds, is
+    at most `tol` (None if none). Chosen from training error only, never from test error."""
+    return interpolation_threshold(width_summary(long, tol), tol)
+
+
+def peak_stats(long: pd.DataFrame, threshold) -> pd.DataFrame:
+    """Per seed, the two paired statistics claim 4 is decided on: test error at the interpolation
+    threshold minus the widest model's (`dd_peak_minus_widest`), and minus that of the narrower
+    width with the lowest mean test error (`dd_peak_minus_narrower`); nan when undefined (no
+    threshold, or it is the narrowest width)."""
+    seeds = sorted(long["seed"].unique())
+    nan = float("nan")
+    out = pd.DataFrame({"seed": seeds, "dd_peak_minus_widest": nan, "dd_peak_minus_narrower": nan,
+                        "dd_threshold": nan if threshold is None else float(threshold)})
+    if threshold is None:
+        return out
+    widths = sorted(long["width"].unique())
+    widest = widths[-1]
+    if threshold != widest:
+        out["dd_peak_minus_widest"] = paired(long, threshold, widest).reindex(seeds).to_numpy()
+    narrower = [w for w in widths if w < threshold]
+    if narrower:
+        means = long[long["width"].isin(narrower)].groupby("width")["test_error"].mean()
+        best = int(means.idxmin())
+        out["dd_peak_minus_narrower"] = paired(long, threshold, best).reindex(seeds).to_numpy()
+        out["dd_best_narrower"] = best
+    return out

@@ -37,7 +37,10 @@ from .runs import (METRIC_COLUMNS, CheckpointError, Run, atomic_torch_save, atom
                    atomic_write_text, load_checkpoint, load_state_checked, open_run, run_path)
 from .runs import (RunFolderError, RunRepairWarning, redo_advice, checkpoint_problem,
                    config_difference, filesystem_error, metrics_plausible, metrics_text, read_meta,
-                   remove_stale, stale_leftovers)
+                   remove_stale, selection_column, stale_leftovers)
+
+#: What `evaluate` measures (nan in the rows of epochs a run does not evaluate).
+EVALUATED = ("acc_unpermuted", "acc_permuted_train", "acc_permuted_true", "acc_test", "acc_val")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -68,12 +71,18 @@ def predict(model: BlockNet, data: LabelledData, x: torch.Tensor, batch_size: in
 
 def evaluate(model: BlockNet, data: LabelledData, batch_size: int = 128) -> dict[str, float]:
     """Accuracies that track memorization: unpermuted examples; permuted examples against their
-    training labels (memorization) and their true labels (restored); the held-out test set."""
-    return accuracies(data, predict(model, data, data.x_train, batch_size), predict(model, data, data.x_test, batch_size))
+    training labels (memorization) and their true labels (restored); the held-out test set; the
+    validation split (nan without one)."""
+    val = (predict(model, data, data.x_val, batch_size) if data.x_val is not None and len(data.x_val)
+           else None)
+    return accuracies(data, predict(model, data, data.x_train, batch_size),
+                      predict(model, data, data.x_test, batch_size), val)
 
 
-def accuracies(data: LabelledData, pred: torch.Tensor, test: torch.Tensor) -> dict[str, float]:
-    """The four accuracies of `evaluate` from predicted classes of the training and test sets."""
+def accuracies(data: LabelledData, pred: torch.Tensor, test: torch.Tensor,
+               val: torch.Tensor | None = None) -> dict[str, float]:
+    """The accuracies of `evaluate` from predicted classes of the training, test and validation
+    sets (acc_val is nan when `val` is None)."""
     pred, test = pred.cpu(), test.cpu()
     perm = data.permuted.cpu()
     true, train = data.true_label.cpu(), data.train_label.cpu()
@@ -83,7 +92,8 @@ def accuracies(data: LabelledData, pred: torch.Tensor, test: torch.Tensor) -> di
 
     return {"acc_unpermuted": acc(~perm, true), "acc_permuted_train": acc(perm, train),
             "acc_permuted_true": acc(perm, true),
-            "acc_test": float((test == data.y_test.cpu()).float().mean())}
+            "acc_test": float((test == data.y_test.cpu()).float().mean()),
+            "acc_val": float((val.cpu() == data.y_val.cpu()).float().mean()) if val is not None else float("nan")}
 
 
 def autocast(model: BlockNet):
@@ -229,6 +239,7 @@ def _train_locked(cfg: RunConfig, path: Path, data: LabelledData, device, progre
     model.place(device)
     opt = make_optimizer(cfg, model)
     keep = set(cfg.checkpoint_epochs())
+    select = selection_column(cfg)      # the metric early stopping maximises
 
     last = path / "last.pt"
     if last.exists():
@@ -249,7 +260,7 @@ def _train_locked(cfg: RunConfig, path: Path, data: LabelledData, device, progre
             t0 = time.time()
             row = {"epoch": 0, "train_loss": float("nan"), "lr": 0.0, **evaluate(model, data),
                    "seconds": time.time() - t0}
-            history, start, best = [row], 0, (row["acc_test"], 0)
+            history, start, best = [row], 0, (row[select], 0)
             _save_epoch(tmp, cfg, model, opt, history, 0, best, keep)
             if path.exists():  # last.pt was deleted (or an earlier attempt died before writing it)
                 shutil.rmtree(path)
@@ -271,14 +282,16 @@ def _train_locked(cfg: RunConfig, path: Path, data: LabelledData, device, progre
         for group in opt.param_groups:
             group["lr"] = lr
         loss = train_one_epoch(model, opt, data, cfg, epoch, device)
-        row = {"epoch": epoch, "train_loss": loss, "lr": lr, **evaluate(model, data), "seconds": time.time() - t0}
+        measured = (evaluate(model, data) if cfg.evaluate == "every" or epoch in keep
+                    else dict.fromkeys(EVALUATED, float("nan")))
+        row = {"epoch": epoch, "train_loss": loss, "lr": lr, **measured, "seconds": time.time() - t0}
         history.append(row)
-        if row["acc_test"] > best[0]:
-            best = (row["acc_test"], epoch)
+        if row[select] > best[0]:
+            best = (row[select], epoch)
         _save_epoch(path, cfg, model, opt, history, epoch, best, keep)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", test=f"{row['acc_test']:.3f}",
+            bar.set_postfix(loss=f"{loss:.3f}", **{select[4:]: f"{row[select]:.3f}"},
                             memorized=f"{row['acc_permuted_train']:.2f}")
     if bar is not None:
         bar.close()

@@ -52,11 +52,16 @@ def _value(summary: pd.DataFrame, epoch: int, kind: str, layer: str, quantity: s
     return float(d[quantity].iloc[0])
 
 
+READOUT = "logits"
+
+
 def layer_groups(summary: pd.DataFrame) -> tuple[list[str], str]:
-    """(first third of the trained layers, last layer). "input" is excluded: it never changes."""
+    """(first third of the hidden layers, last hidden layer). "input" is excluded (it never
+    changes) and so is the readout: with one feature per class, mean-field theory does not apply
+    there and its permuted capacity follows from training accuracy (it is reported apart)."""
     layers = summary.sort_values("depth").drop_duplicates("layer")["layer"].tolist()
-    trained = [l for l in layers if l != "input"]
-    return trained[:max(1, math.ceil(len(trained) / 3))], trained[-1]
+    hidden = [l for l in layers if l not in ("input", READOUT)] or [l for l in layers if l != "input"]
+    return hidden[:max(1, math.ceil(len(hidden) / 3))], hidden[-1]
 
 
 def ratio(summary, kind, layers, early, end, quantity="capacity") -> float:
@@ -84,6 +89,9 @@ def layer_claims(summary: pd.DataFrame, early: int, end: int, thresholds: Thresh
     out["rest_first"] = ratio(summary, "restored", first, early, end)
     out["radius_last"] = ratio(summary, "permuted", [last], early, end, "radius")
     out["dimension_last"] = ratio(summary, "permuted", [last], early, end, "dimension")
+    if READOUT in set(summary["layer"]):      # shown apart: not where the claims are judged
+        out["perm_readout"] = ratio(summary, "permuted", [READOUT], early, end)
+        out["rest_readout"] = ratio(summary, "restored", [READOUT], early, end)
     up = out["perm_last"] > 1 + c
     out["verdict1"] = REPRODUCED if up and out["perm_last"] > out["perm_first"] * (1 + c) else PARTLY if up else NOT
     down = out["rest_last"] < 1 - c
@@ -93,13 +101,20 @@ def layer_claims(summary: pd.DataFrame, early: int, end: int, thresholds: Thresh
     return out
 
 
-def memorization_summary(metrics: pd.DataFrame) -> dict:
-    """Peak and final test accuracy, the early-stopping epoch, and how far permuted examples are fitted."""
-    best = metrics.loc[metrics["acc_test"].idxmax()]
+def memorization_summary(metrics: pd.DataFrame, early_stop: int | None = None,
+                         full_test: pd.Series | None = None) -> dict:
+    """Test accuracy at the early-stopping epoch ("peak") and at the end, and how far permuted
+    examples are fitted. `early_stop`: the run's (chosen on its validation split); None: the
+    epoch of best test accuracy. `full_test`: accuracy on the whole test split by epoch
+    (`memgeo.heldout`), used instead of the curves' test subset when given."""
+    m = metrics.set_index("epoch")
+    es = int(m["acc_test"].idxmax()) if early_stop is None else int(early_stop)
     last = metrics.iloc[-1]
-    return {"peak_test": float(best["acc_test"]), "early_stop": int(best["epoch"]),
-            "final_test": float(last["acc_test"]), "final_epoch": int(last["epoch"]),
-            "drop": float(best["acc_test"] - last["acc_test"]),
+    end = int(last["epoch"])
+    acc = full_test if full_test is not None else m["acc_test"]
+    return {"peak_test": float(acc.loc[es]), "early_stop": es,
+            "final_test": float(acc.loc[end]), "final_epoch": end,
+            "drop": float(acc.loc[es] - acc.loc[end]),
             "final_memorized": float(last["acc_permuted_train"]),
             "final_restored": float(last["acc_permuted_true"])}
 

@@ -125,3 +125,47 @@ def test_checkpoint_errors(cifar_root, tmp_path):
     (run.path / "metrics.csv").write_text("epoch,acc_test\n0,0.1\n")
     with pytest.raises(CheckpointError, match="corrupt"):
         train(cfg, runs_dir=tmp_path, data_root=cifar_root, progress=False)
+
+
+def test_validation_split_is_held_out_and_chooses_early_stopping(cifar_root, tmp_path):
+    from memgeo.data import load_data
+    cfg = small(val_per_class=5, epochs=4)
+    data = load_data(cfg, cifar_root)
+    assert len(data.val_index) == 50 and not set(data.val_index) & set(data.train_index)
+    assert torch.equal(data.y_val, torch.bincount(data.y_val, minlength=10).new_tensor(data.y_val))
+    assert torch.bincount(data.y_val).tolist() == [5] * 10
+    run = train(cfg, runs_dir=tmp_path, data_root=cifar_root, progress=False)
+    m = run.metrics
+    assert m["acc_val"].between(0, 1).all()
+    assert run.early_stop_epoch == int(m.loc[m["acc_val"].idxmax(), "epoch"])
+    assert run.early_stop_epoch in run.checkpoint_epochs
+    # without a validation split: acc_val is nan and early stopping falls back on the test set
+    plain = train(small(epochs=2), runs_dir=tmp_path, data_root=cifar_root, progress=False)
+    assert plain.metrics["acc_val"].isna().all()
+    assert plain.early_stop_epoch == int(plain.metrics.loc[plain.metrics["acc_test"].idxmax(), "epoch"])
+
+
+def test_validation_split_too_large_is_a_config_error(cifar_root, tmp_path):
+    with pytest.raises(ConfigError, match="val_per_class"):
+        train(small(val_per_class=25), runs_dir=tmp_path, data_root=cifar_root, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_evaluate_checkpoints_measures_only_kept_epochs(cifar_root, tmp_path):
+    run = train(small(epochs=4, checkpoints="0,2", evaluate="checkpoints"), runs_dir=tmp_path,
+                data_root=cifar_root, progress=False)
+    m = run.metrics.set_index("epoch")
+    assert m["acc_test"].notna().tolist() == [True, False, True, False, True]
+    assert m["train_loss"].iloc[1:].notna().all()
+
+
+def test_full_test_accuracy_reads_every_test_image_and_caches(cifar_root, tmp_path):
+    from memgeo.heldout import full_test_accuracy, full_test_cache
+    run = train(small(test_per_class=5), runs_dir=tmp_path, data_root=cifar_root, progress=False)
+    acc = full_test_accuracy(run, [3, 0], data_root=cifar_root)
+    assert acc.index.tolist() == [0, 3] and acc.between(0, 1).all()
+    t = full_test_cache(run).read("table")
+    assert t["n_test"].tolist() == [200, 200]       # 20 per class, not the 5 of the curves
+    assert full_test_accuracy(run, [3], data_root=cifar_root).iloc[0] == acc.loc[3]
+    with pytest.raises(CheckpointError, match="no checkpoint of epoch"):
+        full_test_accuracy(run, [7], data_root=cifar_root)

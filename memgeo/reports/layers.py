@@ -7,6 +7,7 @@ import pandas as pd
 from ..book import describe
 from ..config import Preset
 from ..probe import geometry_over_epochs, sample_manifolds, select_sim_epochs, simulated_check
+from ..heldout import full_test_accuracy
 from ..train import train
 from ..verdicts import first_learning, layer_claims, memorization_summary, simulated_deviation, simulated_verdict
 from . import Report
@@ -25,7 +26,8 @@ def layers_report(p: Preset, progress: bool = True) -> Report:
     g = {"source": describe(p), "eps": p.run.eps, "eps_effective": data.eps_effective, "P": probe.P, "M": probe.M,
          "n_t": probe.n_t, "proj_dim": probe.proj_dim, "kappa": probe.kappa, "n_train": len(data.x_train)}
     metrics = run.metrics
-    mem = memorization_summary(metrics)
+    es, end = run.early_stop_epoch, int(metrics["epoch"].max())
+    mem = memorization_summary(metrics, es, full_test_accuracy(run, [es, end]))
     g.update(mem)
     summary, per_manifold = geometry_over_epochs(run, probe, progress=progress)
     analysed = sorted(summary["epoch"].unique())
@@ -66,6 +68,15 @@ def layers_report(p: Preset, progress: bool = True) -> Report:
         "simulated": (f"median relative deviation {deviation:.1%} over {len(sim)} layer/epoch/type sets",
                       simulated_verdict(deviation, th)),
     }
+    stats = {"fitted_gap_early": c1["acc_unpermuted_early"] - c1["acc_permuted_train_early"],
+             "test_capacity_rise_min": c1["test_capacity_rise_min"],
+             "perm_ratio_last_hidden": v["perm_last"], "perm_ratio_last_over_first": v["perm_last"] / v["perm_first"],
+             "rest_ratio_last_hidden": v["rest_last"], "rest_ratio_first": v["rest_first"],
+             "radius_ratio_last_hidden": v["radius_last"], "dimension_ratio_last_hidden": v["dimension_last"],
+             "perm_ratio_readout": v.get("perm_readout", float("nan")),
+             "rest_ratio_readout": v.get("rest_readout", float("nan")),
+             "peak_test_full": mem["peak_test"], "final_test_full": mem["final_test"], "early_stop": es,
+             "eps_effective": data.eps_effective}
     tables = {"data": data, "manifolds": mset, "metrics": metrics, "summary": summary,
               "per_manifold": per_manifold, "sim": sim, "claims": claim_table}
-    return Report(g, tables, claims, run)
+    return Report(g, tables, claims, run, stats)
