@@ -1,35 +1,50 @@
 """Why networks do not memorize early: the gradient contributions of permuted and unpermuted examples.
 
-The training loss over n examples is L = (1/n) sum_i l_i, so its gradient splits exactly into the
-part of the unpermuted examples, (1/n) sum_{i in U} g_i, and the part of the permuted ones,
-(1/n) sum_{i in P} g_i (g_i is the gradient of example i's cross-entropy against its *training*
-label). For every layer (parameters grouped by `BlockNet.block_of`) and every group this module
-measures, from per-example gradients:
+**Convention (used everywhere in this module, its report and its page): per-example means.** A
+group S (the unpermuted or the permuted examples) is represented by the mean of its examples'
+gradients, g_S = (1/n_S) sum_{i in S} g_i, and every "norm" and "ratio" is of these means:
+``ratio`` = ||g_permuted|| / ||g_unpermuted||. (The group's share of the gradient of the mean
+training loss over n examples is (n_S / n) g_S, so a ratio of group sums is (n_P / n_U) times
+this one: the fraction of permuted labels, not the gradients, would set it.) The scaling test
+records ||sum_S g_i|| as well, but judges the norm of the mean, ||g_S||, against n.
 
-- the norm of the group's part of the gradient (``norm_*``) and per example (``per_example_*`` =
-  norm of the group's mean gradient, ||sum_g g_i|| / n_g);
-- the ratio permuted / unpermuted of both, and the cosine between the two parts;
-- the coherence ||sum_g g_i||^2 / (n_g sum_g ||g_i||^2) = ||mean g||^2 / mean ||g||^2 of each group:
-  1 when all per-example gradients are identical, 1/n_g when they are mutually orthogonal. (Without
-  the factor 1/n_g the ratio would run from 1 to n_g; the normalised form compares groups of
-  different sizes.)
-- the root-mean-square per-example gradient norm (``rms_*``): how large single gradients are.
+**Parts.** The derivative of an example's cross-entropy with respect to its logits z is p - e_y
+(p = softmax(z), e_y the one-hot training label). It splits into
 
-Per-example gradients come from `torch.func` (functional_call + vmap + grad) in **eval mode**:
-BatchNorm uses its running statistics, so every example's gradient depends on that example alone.
-In train mode BatchNorm normalises with the batch's statistics, which couples the examples of a
-batch (an example's gradient would depend on which others share its batch), so per-example
-gradients would not be defined. At epoch 0 the running statistics are the initial ones (mean 0,
-variance 1), so BatchNorm is the identity there. The model is used in contiguous memory format,
-which runs the vmapped convolutions several times faster on the CPU than channels_last.
+- the **label-dependent** part u - e_y (u = 1/C in every class), backpropagated: J^T (u - e_y) =
+  grad of (mean_c z_c - z_y). It holds the label alone, and sums to zero over a set with balanced
+  labels; the paper's argument concerns this part;
+- the **label-independent** part p - u, backpropagated: J^T (p - u) = grad of (logsumexp z -
+  mean_c z_c). It depends on the image alone (zero when the outputs are uniform).
 
-Everything is built on one primitive, `subset_gradient_sums`: given a function returning per-example
-gradients of a pool of examples and a membership matrix (subsets x pool), it accumulates, chunk by
-chunk, every subset's gradient sum and sum of squared per-example norms. The epoch analysis uses two
-subsets (the unpermuted and permuted examples of a fixed sample, stratified by group and training
-label); the scaling test uses nested random subsets of growing size n of each group, balanced over
-the training labels; both primitives live in `memgeo.per_example`. Results are tidy tables in the
-run's result cache (`memgeo.cache`, under ``gradients/``), and only what is missing is computed.
+(The backprop of -e_y alone, the literal "label" term, would carry -J^T u = -grad mean_c z_c,
+the same in both groups whatever the labels; moving it into the label-independent part keeps the
+label-dependent part free of any label-independent mean.) ``part`` is "total" (their sum, the
+loss gradient), "dependent" or "independent"; the three come from one vmapped Jacobian per example.
+
+For every part, layer (parameters grouped by `BlockNet.block_of`, and "all") and group this module
+measures the norm of the group's mean gradient (``mean_*``), the ratio permuted / unpermuted, the
+cosine between the two groups' means, the coherence ||mean g||^2 / mean ||g||^2 of each group (1
+when all per-example gradients are identical, 1/n_g when they are mutually orthogonal) and the
+root-mean-square per-example norm (``rms_*``).
+
+**BatchNorm.** Per-example gradients come from `torch.func` in eval mode: BatchNorm uses running
+statistics, so every example's gradient depends on that example alone (train-mode BatchNorm
+couples the examples of a batch). At epoch 0 the stored running statistics are placeholders
+(mean 0, variance 1: BatchNorm is the identity), never computed from data; with them activations
+shrink layer by layer and the outputs are nearly uniform, so the derivation's premise would hold
+by construction. The first training steps see batch statistics instead. So at epoch 0 the
+statistics are **recomputed** on the training images (`memgeo.rewind.recompute_bn_stats`); the
+identity-BatchNorm numbers are kept beside them (``bn="saved"``). Later checkpoints keep their
+own running statistics, which training has estimated from the data (``bn="recompute_init"``, the
+default; ``"recompute_all"`` recomputes them at every epoch).
+
+The primitive `subset_gradient_sums` (`memgeo.per_example`) accumulates, chunk by chunk, the
+gradient sums and sums of squared per-example norms of many subsets of a pool in one pass. The
+epoch analysis uses two subsets (a fixed sample, stratified by group and training label); the
+scaling test nested random subsets of each group whose sizes are multiples of the class count and
+which hold every training label equally often. Results are tidy tables in the run's result cache
+(`memgeo.cache`, under ``gradients/``); only what is missing is computed.
 """
 from __future__ import annotations
 
@@ -49,10 +64,13 @@ from .models import BlockNet
 # Per-example gradients and subset sums (the primitives), importable from here too:
 from .per_example import (ALL, GradFn, SubsetSums, coherence, layer_parameters, model_grad_fn,  # noqa: F401
                           per_example_gradients, subset_gradient_sums)
+from .rewind import recompute_bn_stats
 from .runs import Run
-from .verdicts import gradient_claim
 
 GROUPS = ("unpermuted", "permuted")
+PARTS = ("total", "dependent", "independent")      # loss gradient, label-dependent, label-independent
+BN_MODES = ("recompute_init", "saved", "recompute_all")
+CACHE_VERSION = 3     # bump when the numbers a cache key stands for change (3: parts, BN, means)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,42 +85,119 @@ def settings_for(p: Preset, **overrides) -> GradientConfig:
     return dataclasses.replace(p.gradients, **overrides)
 
 
+def class_sizes(sizes: Sequence[int], num_classes: int, strict: bool = False) -> tuple[int, ...]:
+    """Scaling-test subset sizes as multiples of the class count, so that every subset holds each
+    training label exactly n / C times: each size rounded to the nearest multiple (at least C),
+    duplicates dropped. `strict`: refuse sizes that are not multiples instead of rounding them."""
+    C = int(num_classes)
+    out = tuple(sorted({max(C, C * round(int(s) / C)) for s in sizes}))
+    if strict and out != tuple(sorted(set(int(s) for s in sizes))):
+        raise ConfigError(f"gradients.sizes={tuple(sizes)}: the scaling test needs multiples of the class "
+                          f"count {C}, e.g. {tuple(C * 2 ** k for k in range(1, 7))}")
+    if len(out) < 2:
+        raise ConfigError(f"gradients.sizes={tuple(sizes)} gives fewer than two distinct multiples of the "
+                          f"class count {C} ({out}): give sizes spanning at least two multiples")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
-# The split of the loss gradient into the two groups
+# Per-example gradients split into parts
+
+def per_example_parts(model: BlockNet, x: torch.Tensor, y: torch.Tensor) -> "dict[str, torch.Tensor]":
+    """Per-example gradients of the three parts (see the module docstring), flattened per layer:
+    {"<part>/<layer>": (B, P_layer)}. Eval mode through torch.func; `x` a float, normalised batch."""
+    from torch.func import functional_call, jacrev, vmap
+
+    if model.training:
+        raise ValueError("per-example gradients need the model in eval mode (call model.eval()): "
+                         "train-mode BatchNorm couples the examples of a batch")
+    groups = layer_parameters(model)
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def two(p, b, xi, yi):
+        z = functional_call(model, (p, b), (xi[None],))[0]
+        zbar, zy = z.mean(), z.gather(0, yi[None])[0]      # gather: indexing by a tensor breaks vmap
+        return torch.stack([torch.logsumexp(z, 0) - zbar, zbar - zy])   # independent, dependent
+
+    j = vmap(jacrev(two), in_dims=(None, None, 0, 0))(params, buffers, x, y)
+    n, out = x.shape[0], {}
+    for layer, names in groups.items():
+        flat = torch.cat([j[k].reshape(n, 2, -1) for k in names], dim=2)
+        out[f"independent/{layer}"], out[f"dependent/{layer}"] = flat[:, 0], flat[:, 1]
+        out[f"total/{layer}"] = flat[:, 0] + flat[:, 1]
+    return out
+
+
+def parts_grad_fn(model: BlockNet, data: LabelledData, batch_size: int = 64, num_threads: int = 0) -> GradFn:
+    """`per_example_parts` over the training subset (indices -> {"<part>/<layer>": (B, P)}), against
+    the training labels, in eval mode and contiguous memory format (the vmapped convolutions run
+    several times faster so on the CPU). `num_threads` > 0: torch's CPU threads during each call
+    (restored after; small vmapped convolutions scale poorly over threads)."""
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    first = next(model.parameters())
+    dev, dtype = first.device, first.dtype
+
+    def fn(idx: np.ndarray) -> "dict[str, torch.Tensor]":
+        t = torch.as_tensor(idx, device=data.x_train.device)
+        x = data.normalise(data.x_train[t], dtype=dtype).to(dev).contiguous()
+        before = torch.get_num_threads()
+        if num_threads > 0 and dev.type == "cpu":
+            torch.set_num_threads(num_threads)
+        try:
+            return per_example_parts(model, x, data.train_label[t].to(dev))
+        finally:
+            torch.set_num_threads(before)
+
+    fn.batch_size = batch_size
+    return fn
+
+
+def split_parts(sums: SubsetSums) -> "dict[str, SubsetSums]":
+    """The sums of a parts function ("<part>/<layer>" keys) as one SubsetSums per part; a plain
+    gradient function's sums ("<layer>" keys) are the "total" part."""
+    out: dict[str, SubsetSums] = {}
+    for key in sums.sums:
+        part, _, layer = key.rpartition("/")
+        s = out.setdefault(part or "total", SubsetSums({}, {}, sums.counts))
+        s.sums[layer], s.sq[layer] = sums.sums[key], sums.sq[key]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The split of the gradient into the two groups
 
 @dataclass
 class GradientSplit:
-    """The gradient of the mean training loss over n examples, split by group."""
+    """Per part: the gradient sums of the two groups (subset 0: unpermuted, 1: permuted)."""
 
-    sums: SubsetSums          # subset 0: unpermuted, subset 1: permuted
+    parts: "dict[str, SubsetSums]"
     n: int
 
-    def part(self, group: str, layer: str) -> torch.Tensor:
-        """The group's contribution to the gradient of the mean loss: (1/n) sum_{i in group} g_i."""
-        return self.sums.sums[layer][GROUPS.index(group)] / self.n
-
-    def full(self, layer: str) -> torch.Tensor:
-        return self.part("unpermuted", layer) + self.part("permuted", layer)
+    def mean(self, group: str, layer: str, part: str = "total") -> torch.Tensor:
+        """The group's mean per-example gradient g_S = (1/n_S) sum_{i in S} g_i."""
+        s = self.parts[part]
+        k = GROUPS.index(group)
+        return s.sums[layer][k] / int(s.counts[k])
 
     def table(self) -> pd.DataFrame:
-        """One row per layer (and "all"): norms, ratios, cosine, coherence."""
-        gram, sq = self.sums.gram(), self.sums.sq_all()
-        nu, npm = (int(c) for c in self.sums.counts)
+        """One row per part x layer (and "all"): norms of the group means, ratio, cosine, coherence."""
         rows = []
-        for layer in self.sums.layers + [ALL]:
-            G, q = gram[layer], sq[layer]
-            su, sp = math.sqrt(max(G[0, 0], 0.0)), math.sqrt(max(G[1, 1], 0.0))
-            row = {"layer": layer, "n": self.n, "n_unpermuted": nu, "n_permuted": npm,
-                   "norm_full": math.sqrt(max(G[0, 0] + G[1, 1] + 2 * G[0, 1], 0.0)) / self.n,
-                   "norm_unpermuted": su / self.n, "norm_permuted": sp / self.n,
-                   "per_example_unpermuted": _div(su, nu), "per_example_permuted": _div(sp, npm),
-                   "cosine": _div(G[0, 1], su * sp),
-                   "coherence_unpermuted": _div(G[0, 0], nu * q[0]),
-                   "coherence_permuted": _div(G[1, 1], npm * q[1]),
-                   "rms_unpermuted": math.sqrt(_div(q[0], nu)), "rms_permuted": math.sqrt(_div(q[1], npm))}
-            row["ratio"] = _div(row["norm_permuted"], row["norm_unpermuted"])
-            row["ratio_per_example"] = _div(row["per_example_permuted"], row["per_example_unpermuted"])
-            rows.append(row)
+        for part, s in self.parts.items():
+            gram, sq = s.gram(), s.sq_all()
+            nu, npm = (int(c) for c in s.counts)
+            for layer in s.layers + [ALL]:
+                G, q = gram[layer], sq[layer]
+                su, sp = math.sqrt(max(G[0, 0], 0.0)), math.sqrt(max(G[1, 1], 0.0))
+                row = {"part": part, "layer": layer, "n": self.n, "n_unpermuted": nu, "n_permuted": npm,
+                       "mean_all": math.sqrt(max(G[0, 0] + G[1, 1] + 2 * G[0, 1], 0.0)) / self.n,
+                       "mean_unpermuted": _div(su, nu), "mean_permuted": _div(sp, npm),
+                       "cosine": _div(G[0, 1], su * sp),
+                       "coherence_unpermuted": _div(G[0, 0], nu * q[0]),
+                       "coherence_permuted": _div(G[1, 1], npm * q[1]),
+                       "rms_unpermuted": math.sqrt(_div(q[0], nu)), "rms_permuted": math.sqrt(_div(q[1], npm))}
+                row["ratio"] = _div(row["mean_permuted"], row["mean_unpermuted"])
+                rows.append(row)
         return pd.DataFrame(rows)
 
 
@@ -112,10 +207,11 @@ def _div(a: float, b: float) -> float:
 
 def gradient_split(grad_fn: GradFn, index: np.ndarray, permuted: np.ndarray,
                    batch_size: int | None = None) -> GradientSplit:
-    """Split the gradient of the mean loss over examples `index` by the boolean `permuted` (per index)."""
+    """Split the per-example gradients of examples `index` by the boolean `permuted` (per index)."""
     permuted = np.asarray(permuted, dtype=bool)
     member = np.stack([~permuted, permuted])
-    return GradientSplit(subset_gradient_sums(grad_fn, np.asarray(index), member, batch_size), len(index))
+    sums = subset_gradient_sums(grad_fn, np.asarray(index), member, batch_size)
+    return GradientSplit(split_parts(sums), len(index))
 
 
 def stratified_sample(strata: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -132,10 +228,8 @@ def stratified_sample(strata: np.ndarray, n: int, rng: np.random.Generator) -> n
 
 
 def gradient_sample(data: LabelledData, n_examples: int, seed: int = 0) -> np.ndarray:
-    """The fixed random sample of the training subset used at every epoch (sorted; all if 0).
-
-    Stratified by (permuted, training label): it has the composition of the whole training subset,
-    so its gradient is the subset's gradient without the noise of random class counts."""
+    """The fixed random sample of the training subset used at every epoch (sorted; all if 0),
+    stratified by (permuted, training label): it has the composition of the whole training subset."""
     n = len(data.x_train)
     if n_examples == 0 or n_examples >= n:
         return np.arange(n)
@@ -143,11 +237,24 @@ def gradient_sample(data: LabelledData, n_examples: int, seed: int = 0) -> np.nd
     return stratified_sample(strata, n_examples, np.random.default_rng(derived_seed(seed, "gradients", "sample")))
 
 
-def split_at_epoch(run: Run, epoch: int, data: LabelledData, settings: GradientConfig) -> GradientSplit:
-    """The gradient split for one checkpoint of a run, on the settings' fixed sample."""
+def model_at(run: Run, epoch: int, data: LabelledData, bn: str = "recompute_init") -> BlockNet:
+    """A checkpoint in eval mode with the BatchNorm statistics `bn` asks for (see BN_MODES and the
+    module docstring): recomputed on the training images at epoch 0 ("recompute_init") or at every
+    epoch ("recompute_all"), or the stored ones ("saved"; the identity at epoch 0)."""
+    if bn not in BN_MODES:
+        raise ConfigError(f"bn={bn!r}: use one of {BN_MODES}")
     model = run.load_model(epoch, device=data.x_train.device)
+    if bn == "recompute_all" or (bn == "recompute_init" and epoch == 0):
+        recompute_bn_stats(model, data)
+    return model.eval()
+
+
+def split_at_epoch(run: Run, epoch: int, data: LabelledData, settings: GradientConfig,
+                   bn: str = "recompute_init") -> GradientSplit:
+    """The gradient split (all parts) of one checkpoint of a run, on the settings' fixed sample."""
+    model = model_at(run, epoch, data, bn)
     idx = gradient_sample(data, settings.n_examples, settings.seed)
-    return gradient_split(model_grad_fn(model, data, settings.batch_size, settings.num_threads), idx,
+    return gradient_split(parts_grad_fn(model, data, settings.batch_size, settings.num_threads), idx,
                           data.permuted.cpu().numpy()[idx])
 
 
@@ -190,47 +297,49 @@ def select_epochs(run: Run, settings: GradientConfig) -> list[int]:
     return sorted(chosen)
 
 
-CACHE_VERSION = 2     # bump when the numbers a cache key stands for change
-
-
-def epochs_cache(run: Run, settings: GradientConfig) -> ResultCache:
-    """Cache entry of the epoch table: keyed by the sample (size and seed); epochs are its chunks."""
-    return ResultCache.of_run(run, "gradients", {"table": "epochs", "n_examples": settings.n_examples},
+def epochs_cache(run: Run, settings: GradientConfig, bn: str = "recompute_init") -> ResultCache:
+    """Cache entry of the epoch table: keyed by the sample (size and seed) and the BatchNorm mode;
+    epochs are its chunks."""
+    return ResultCache.of_run(run, "gradients", {"table": "epochs", "n_examples": settings.n_examples, "bn": bn},
                               seed=settings.seed, version=CACHE_VERSION)
 
 
-def scaling_cache(run: Run, settings: GradientConfig) -> ResultCache:
-    """Cache entry of the scaling test: keyed by everything that draws its subsets and its checkpoint."""
+def scaling_cache(run: Run, settings: GradientConfig, sizes: Sequence[int], bn: str = "recompute_init") -> ResultCache:
+    """Cache entry of the scaling test: everything that draws its subsets, its checkpoint and BN mode."""
     return ResultCache.of_run(run, "gradients", {
-        "table": "scaling", "sizes": list(settings.sizes), "repeats": settings.repeats,
-        "pool_factor": settings.pool_factor, "epoch": settings.scaling_epoch, "balanced": settings.balanced},
-        seed=settings.seed, version=CACHE_VERSION)
+        "table": "scaling", "sizes": [int(s) for s in sizes], "repeats": settings.repeats,
+        "pool_factor": settings.pool_factor, "epoch": settings.scaling_epoch, "balanced": settings.balanced,
+        "bn": bn}, seed=settings.seed, version=CACHE_VERSION)
 
 
-def epoch_rows(run: Run, epoch: int, data: LabelledData, settings: GradientConfig) -> pd.DataFrame:
+def epoch_rows(run: Run, epoch: int, data: LabelledData, settings: GradientConfig,
+               bn: str = "recompute_init") -> pd.DataFrame:
     """The split table (`GradientSplit.table`) of one checkpoint, with its epoch as first column."""
-    t = split_at_epoch(run, epoch, data, settings).table()
+    t = split_at_epoch(run, epoch, data, settings, bn).table()
     t.insert(0, "epoch", epoch)
     return t
 
 
 def gradients_over_epochs(run: Run, settings: GradientConfig, epochs: Sequence[int] | None = None,
-                          data: LabelledData | None = None, progress: bool = False) -> pd.DataFrame:
-    """Tidy table (one row per epoch x layer) of the gradient split over a run's checkpoints.
+                          data: LabelledData | None = None, progress: bool = False,
+                          bn: str = "recompute_init") -> pd.DataFrame:
+    """Tidy table (one row per epoch x part x layer) of the gradient split over a run's checkpoints.
 
     Kept in the run's result cache (`epochs_cache`), one chunk per epoch: only missing epochs are
     computed, and the table is rewritten (atomically) after each one, so an interrupted analysis
     resumes.
     """
+    if bn not in BN_MODES:
+        raise ConfigError(f"bn={bn!r}: use one of {BN_MODES}")
     epochs = sorted(set(epochs if epochs is not None else select_epochs(run, settings)))
-    cache = epochs_cache(run, settings)
+    cache = epochs_cache(run, settings, bn)
     table = cache.read()
     todo = cache.missing("table", epochs, ["epoch"])
     if todo:
         data = data if data is not None else run.load_data()
         bar = _bar(progress, len(todo), f"gradients [{run.path.name}]")
         for e in todo:
-            table = cache.add("table", epoch_rows(run, e, data, settings), ["epoch"], order=["epoch"])
+            table = cache.add("table", epoch_rows(run, e, data, settings, bn), ["epoch"], order=["epoch"])
             if bar is not None:
                 bar.update(1)
         if bar is not None:
@@ -298,90 +407,67 @@ def nested_subsets(pools: Mapping[str, np.ndarray], sizes: Sequence[int], repeat
 
 def scaling_table(grad_fn: GradFn, pools: Mapping[str, np.ndarray], sizes: Sequence[int], repeats: int,
                   seed: int = 0, batch_size: int | None = None, labels: np.ndarray | None = None) -> pd.DataFrame:
-    """||sum of per-example gradients|| of random subsets of growing size n, per group and layer.
+    """Gradient sums of random subsets of growing size n, per part, layer and group.
 
-    Tidy: one row per (layer, group, repeat, n) with `norm` = ||sum_i g_i||, `per_example` =
-    norm / n, `sq` = sum_i ||g_i||^2 and `coherence` = norm^2 / (n sq). `labels` (indexed by pool
-    entries): balance every subset over them (see `nested_subsets`).
+    Tidy: one row per (part, layer, group, repeat, n) with `norm` = ||sum_i g_i||, `mean` = norm / n
+    (the norm of the group mean, the quantity judged), `sq` = sum_i ||g_i||^2 and `coherence` =
+    norm^2 / (n sq). `labels` (indexed by pool entries): balance every subset over them.
     """
     pool, member, keys = nested_subsets(pools, sizes, repeats, seed, labels)
-    sums = subset_gradient_sums(grad_fn, pool, member, batch_size)
-    gram, sq = sums.gram(), sums.sq_all()
+    parts = split_parts(subset_gradient_sums(grad_fn, pool, member, batch_size))
     rows = []
-    for layer in sums.layers + [ALL]:
-        diag = np.diag(gram[layer])
-        for s, (g, r, n) in enumerate(keys):
-            norm = math.sqrt(max(diag[s], 0.0))
-            rows.append({"layer": layer, "group": g, "repeat": r, "n": n, "norm": norm,
-                         "per_example": norm / n, "sq": sq[layer][s],
-                         "coherence": _div(diag[s], n * sq[layer][s])})
+    for part, sums in parts.items():
+        gram, sq = sums.gram(), sums.sq_all()
+        for layer in sums.layers + [ALL]:
+            diag = np.diag(gram[layer])
+            for s, (g, r, n) in enumerate(keys):
+                norm = math.sqrt(max(diag[s], 0.0))
+                rows.append({"part": part, "layer": layer, "group": g, "repeat": r, "n": n, "norm": norm,
+                             "mean": norm / n, "sq": sq[layer][s], "coherence": _div(diag[s], n * sq[layer][s])})
     return pd.DataFrame(rows)
 
 
 def fit_slopes(table: pd.DataFrame) -> pd.DataFrame:
-    """Log-log slopes of the mean (over repeats) group-sum norm against n, per layer and group,
-    and of the per-example ratio (permuted / unpermuted) = slope_permuted - slope_unpermuted.
-
-    Returns one row per layer: slope_<group> for each group, slope_ratio, slope_ratio_local (between
-    the two largest n), and the ratio at the smallest and largest n.
-    """
-    mean = table.groupby(["layer", "group", "n"], sort=False)["norm"].mean().reset_index()
+    """Each group's own log-log slope of the norm of its mean gradient (mean over repeats) against
+    n, per part and layer: 0 for a coherent group (the mean converges), -1/2 for an incoherent one
+    (the mean of n independent zero-mean gradients). One row per (part, layer): slope_<group>."""
+    mean = table.groupby(["part", "layer", "group", "n"], sort=False)["mean"].mean().reset_index()
     out = []
-    for layer, d in mean.groupby("layer", sort=False):
-        row = {"layer": layer}
-        curves = {}
+    for (part, layer), d in mean.groupby(["part", "layer"], sort=False):
+        row = {"part": part, "layer": layer}
         for g, dg in d.groupby("group", sort=False):
-            dg = dg.sort_values("n")
-            curves[g] = dg.set_index("n")["norm"]
-            row[f"slope_{g}"] = float(np.polyfit(np.log(dg["n"]), np.log(dg["norm"]), 1)[0])
-        if set(GROUPS) <= set(curves):
-            ratio = (curves["permuted"] / curves["unpermuted"]).dropna()
-            row["slope_ratio"] = float(np.polyfit(np.log(ratio.index.values), np.log(ratio.values), 1)[0])
-            row["slope_ratio_local"] = float(np.log(ratio.iloc[-1] / ratio.iloc[-2])
-                                             / np.log(ratio.index[-1] / ratio.index[-2])) if len(ratio) > 1 else float("nan")
-            row["ratio_first"], row["ratio_last"] = float(ratio.iloc[0]), float(ratio.iloc[-1])
-            row["n_first"], row["n_last"] = int(ratio.index[0]), int(ratio.index[-1])
+            row[f"slope_{g}"] = float(np.polyfit(np.log(dg["n"]), np.log(dg["mean"]), 1)[0])
         out.append(row)
     return pd.DataFrame(out)
 
 
 def fit_two_components(table: pd.DataFrame) -> pd.DataFrame:
-    """Split each group's growth into its incoherent and coherent parts.
+    """Split each group's mean gradient into its coherent and incoherent parts.
 
     For n examples drawn from a group whose per-example gradients have mean mu and variance
-    sigma^2 = E||g - mu||^2, E||sum g_i||^2 = n sigma^2 + n^2 ||mu||^2. A least-squares line through
-    (n, mean over repeats of ||sum||^2 / n) gives sigma2 (intercept) and mu2 (slope); `n_cross` =
+    sigma^2 = E||g - mu||^2, E||mean g||^2 = sigma^2 / n + ||mu||^2. A least-squares line through
+    (n, mean over repeats of n ||mean g||^2) gives sigma2 (intercept) and mu2 (slope); `n_cross` =
     sigma2 / mu2 is the n beyond which the coherent part dominates (inf when mu2 <= 0).
-    `coherent_share` is n mu2 / (sigma2 + n mu2) at the largest n.
+    `coherent_share` = mu2 / (sigma2 / n + mu2) at the largest n tested (mu2 clipped at 0): the
+    fraction of E||mean g||^2 there that is the group's common mean. One row per (part, layer, group).
     """
-    t = table.assign(y=table["norm"] ** 2 / table["n"])
-    mean = t.groupby(["layer", "group", "n"], sort=False)["y"].mean().reset_index()
+    t = table.assign(y=table["n"] * table["mean"] ** 2)
+    mean = t.groupby(["part", "layer", "group", "n"], sort=False)["y"].mean().reset_index()
     rows = []
-    for (layer, g), d in mean.groupby(["layer", "group"], sort=False):
+    for (part, layer, g), d in mean.groupby(["part", "layer", "group"], sort=False):
         mu2, sigma2 = np.polyfit(d["n"].astype(float), d["y"], 1)
-        n_max = float(d["n"].max())
-        rows.append({"layer": layer, "group": g, "sigma2": float(sigma2), "mu2": float(mu2),
+        n_max, m = float(d["n"].max()), max(float(mu2), 0.0)
+        rows.append({"part": part, "layer": layer, "group": g, "sigma2": float(sigma2), "mu2": float(mu2),
                      "n_cross": float(sigma2 / mu2) if mu2 > 0 else float("inf"),
-                     "coherent_share": float(max(n_max * mu2, 0.0) / (sigma2 + max(n_max * mu2, 0.0)))})
+                     "coherent_share": _div(m, sigma2 / n_max + m)})
     return pd.DataFrame(rows)
 
 
-def model_ratio(components: pd.DataFrame, layer: str, n) -> np.ndarray:
-    """Per-example ratio permuted / unpermuted that the two-component fit predicts at n per group:
-    sqrt((sigma2_p / n + mu2_p) / (sigma2_u / n + mu2_u)), negative mu2 clipped to 0."""
-    c = components.set_index(["layer", "group"])
-    u, p = c.loc[(layer, "unpermuted")], c.loc[(layer, "permuted")]
-    n = np.asarray(n, dtype=float)
-    return np.sqrt((p.sigma2 / n + max(p.mu2, 0.0)) / (u.sigma2 / n + max(u.mu2, 0.0)))
-
-
-def model_total_ratio(components: pd.DataFrame, layer: str, n_unpermuted: int, n_permuted: int) -> float:
-    """Ratio of the two groups' parts of the loss gradient that the two-component fit predicts for
-    n_unpermuted and n_permuted examples: sqrt(n_p s2_p + n_p^2 mu2_p) / sqrt(n_u s2_u + n_u^2 mu2_u)."""
-    c = components.set_index(["layer", "group"])
-    u, p = c.loc[(layer, "unpermuted")], c.loc[(layer, "permuted")]
-    nu, npm = float(n_unpermuted), float(n_permuted)
-    return float(np.sqrt((npm * p.sigma2 + npm ** 2 * max(p.mu2, 0.0)) / (nu * u.sigma2 + nu ** 2 * max(u.mu2, 0.0))))
+def model_mean_norm(components: pd.DataFrame, part: str, layer: str, group: str, n) -> np.ndarray:
+    """The norm of a group's mean gradient that the two-component fit predicts at n:
+    sqrt(sigma2 / n + max(mu2, 0))."""
+    c = components.set_index(["part", "layer", "group"]).loc[(part, layer, group)]
+    return np.sqrt(np.maximum(c.sigma2 / np.asarray(n, dtype=float) + max(c.mu2, 0.0), 0.0))
 
 
 def output_uniformity(model: BlockNet, data: LabelledData, index: np.ndarray) -> dict:
@@ -396,13 +482,13 @@ def output_uniformity(model: BlockNet, data: LabelledData, index: np.ndarray) ->
             "uniform": 1.0 / out.shape[1]}
 
 
-def scaling_pools(data: LabelledData, settings: GradientConfig) -> "dict[str, np.ndarray]":
+def scaling_pools(data: LabelledData, settings: GradientConfig, sizes: Sequence[int]) -> "dict[str, np.ndarray]":
     """Random pools of each group: pool_factor * max(sizes) examples (or all there are), with the
     group's composition of training labels when `settings.balanced` (stratified draw)."""
     perm = data.permuted.cpu().numpy()
     labels = data.train_label.cpu().numpy()
     rng = np.random.default_rng(derived_seed(settings.seed, "gradients", "scaling-pool"))
-    want = settings.pool_factor * max(settings.sizes)
+    want = settings.pool_factor * max(sizes)
     pools = {}
     for g, mask in (("unpermuted", ~perm), ("permuted", perm)):
         idx = np.flatnonzero(mask)
@@ -415,64 +501,79 @@ def scaling_pools(data: LabelledData, settings: GradientConfig) -> "dict[str, np
     return pools
 
 
-def scaling_at_epoch(run: Run, settings: GradientConfig, data: LabelledData | None = None) -> pd.DataFrame:
-    """The scaling test on a run's checkpoint (`settings.scaling_epoch`, by default initialisation),
-    kept in the run's result cache (`scaling_cache`)."""
+def scaling_at_epoch(run: Run, settings: GradientConfig, data: LabelledData | None = None,
+                     bn: str = "recompute_init", strict_sizes: bool = False) -> pd.DataFrame:
+    """The scaling test on a run's checkpoint (`settings.scaling_epoch`, by default initialisation,
+    where "recompute_init" recomputes BatchNorm), with `settings.sizes` made multiples of the class
+    count (`class_sizes`), kept in the run's result cache (`scaling_cache`)."""
+    sizes = class_sizes(settings.sizes, run.num_classes, strict=strict_sizes)
 
     def compute() -> pd.DataFrame:
         d = data if data is not None else run.load_data()
-        model = run.load_model(settings.scaling_epoch, device=d.x_train.device)
+        model = model_at(run, settings.scaling_epoch, d, bn)
         labels = d.train_label.cpu().numpy() if settings.balanced else None
-        table = scaling_table(model_grad_fn(model, d, settings.batch_size, settings.num_threads),
-                              scaling_pools(d, settings),
-                              settings.sizes, settings.repeats, settings.seed, settings.batch_size, labels)
+        table = scaling_table(parts_grad_fn(model, d, settings.batch_size, settings.num_threads),
+                              scaling_pools(d, settings, sizes), sizes, settings.repeats, settings.seed,
+                              settings.batch_size, labels)
         table.insert(0, "epoch", settings.scaling_epoch)
         return table
 
-    return scaling_cache(run, settings).get(compute)
+    return scaling_cache(run, settings, sizes, bn).get(compute)
 
 
 # ---------------------------------------------------------------------------------------------
-# Claim 5's numbers
+# Claim 5's numbers (one training seed)
 
-def verdict(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, layer: str = ALL,
-            small: float = THRESHOLDS.gradient_small, growth: float = THRESHOLDS.gradient_growth,
-            full_init: pd.DataFrame | None = None, memorized: float = THRESHOLDS.memorized) -> dict:
-    """Numbers for the paper's claim 5 on one layer (default: the whole network).
+STATS = ("gradient_ratio_init", "gradient_ratio_init_identity_bn", "gradient_ratio_init_total",
+         "gradient_ratio_learning", "gradient_ratio_memorizing", "gradient_growth",
+         "gradient_slope_permuted", "gradient_slope_unpermuted",
+         "gradient_coherent_share_permuted", "gradient_coherent_share_unpermuted")
 
-    ratio_init / ratio_early / ratio_end: permuted / unpermuted part of the loss gradient at
-    initialization, at the early-stopping epoch and at the end; ratio_max and its epoch.
-    The memorization phase is the analysed epochs after the early-stopping epoch at which the
-    permuted examples are fitted to their training labels between MEMORIZATION_LEVELS[0] and `memorized`:
-    `ratio_memorizing` is the mean ratio there, `growth` = ratio_memorizing / ratio_init, and the
-    mean accuracies there. `small_init`: the ratio at initialization is below `small`, measured on
-    `full_init` (the split at epoch 0 on the whole training subset) when given, else on the sample;
-    `grows`: growth >= the `growth` threshold (growth compares epochs of the same sample).
+
+def ratios(table: pd.DataFrame, part: str = "dependent", layer: str = ALL, column: str = "ratio") -> pd.Series:
+    """A column of the epoch table for one part and layer, indexed by epoch."""
+    d = table[(table["part"] == part) & (table["layer"] == layer)]
+    if d.empty:
+        raise ValueError(f"the table has no rows for part {part!r} and layer {layer!r}")
+    return d.set_index("epoch")[column].sort_index()
+
+
+def phase_epochs(epochs: Sequence[int], metrics: pd.DataFrame, early_stop: int,
+                 memorized: float = THRESHOLDS.memorized) -> "dict[str, list[int]]":
+    """The analysed epochs of the two phases compared. "learning": epochs 1 to the early-stopping
+    epoch (not initialisation, whose BatchNorm and outputs differ from every trained checkpoint's).
+    "memorizing": epochs after the early-stopping epoch at which the permuted examples are fitted
+    to their training labels between MEMORIZATION_LEVELS[0] and `memorized` (being memorized)."""
+    acc = metrics.set_index("epoch")["acc_permuted_train"]
+    memo = [int(e) for e in epochs if e > early_stop and MEMORIZATION_LEVELS[0] <= acc.get(e, np.nan) < memorized]
+    return {"learning": [int(e) for e in epochs if 1 <= e <= early_stop], "memorizing": memo}
+
+
+def _mean_at(s: pd.Series, epochs: Sequence[int]) -> float:
+    return float(s.loc[list(epochs)].mean()) if len(epochs) else float("nan")
+
+
+def claim_stats(table: pd.DataFrame, init: pd.DataFrame, init_identity: pd.DataFrame, scaling: pd.DataFrame,
+                metrics: pd.DataFrame, early_stop: int, layer: str = ALL,
+                memorized: float = THRESHOLDS.memorized) -> dict:
+    """The numbers one training seed contributes to claim 5 (names in STATS; nan when undefined),
+    on one layer (default: the whole network). All ratios are of per-example means (permuted /
+    unpermuted), of the label-dependent part unless named "total".
+
+    `table`: gradients_over_epochs (the sample); `init` / `init_identity`: the split at epoch 0
+    with BatchNorm recomputed / identity (the whole training subset); `scaling`: scaling_at_epoch.
     """
-    d = table[table["layer"] == layer].set_index("epoch").sort_index()
-    r = d["ratio"]
-    e0, e_end = int(r.index[0]), int(r.index[-1])
-    out = {"ratio_init": float(r.iloc[0]), "ratio_end": float(r.iloc[-1]),
-           "ratio_early": float(r.get(early_stop, float("nan"))), "ratio_max": float(r.max()),
-           "epoch_max": int(r.idxmax()), "epoch_init": e0, "epoch_end": e_end, "early_stop": early_stop,
-           "coherence_unpermuted_init": float(d["coherence_unpermuted"].iloc[0]),
-           "coherence_permuted_init": float(d["coherence_permuted"].iloc[0]),
-           "cosine_init": float(d["cosine"].iloc[0]), "n_sample": int(d["n"].iloc[0])}
-    m = metrics.set_index("epoch")
-    memo = m["acc_permuted_train"].reindex(r.index)
-    phase = r.index[(r.index > early_stop) & (memo >= MEMORIZATION_LEVELS[0]).values & (memo < memorized).values]
-    out["epochs_memorizing"] = [int(e) for e in phase]
-    nan = float("nan")
-    out["ratio_memorizing"] = float(r.loc[phase].mean()) if len(phase) else nan
-    out["acc_unpermuted_memorizing"] = float(m["acc_unpermuted"].reindex(phase).mean()) if len(phase) else nan
-    out["acc_permuted_memorizing"] = float(memo.loc[phase].mean()) if len(phase) else nan
-    out["growth"] = out["ratio_memorizing"] / out["ratio_init"] if out["ratio_init"] > 0 else nan
-    out["ratio_init_full"] = (float(full_init.set_index("layer").loc[layer, "ratio"])
-                              if full_init is not None else nan)
-    out["cosine_init_full"] = (float(full_init.set_index("layer").loc[layer, "cosine"])
-                               if full_init is not None else nan)
-    # the rule of claim 5 (False for a nan growth: no memorization phase analysed)
-    claim = gradient_claim(out["ratio_init_full"] if full_init is not None else out["ratio_init"], out["growth"],
-                           dataclasses.replace(THRESHOLDS, gradient_small=small, gradient_growth=growth))
-    out["small_init"], out["grows"] = claim["small_init"], claim["grows"]
-    return out
+    dep = ratios(table, "dependent", layer)
+    ph = phase_epochs(list(dep.index), metrics, early_stop, memorized)
+    learning, memorizing = _mean_at(dep, ph["learning"]), _mean_at(dep, ph["memorizing"])
+    slopes = fit_slopes(scaling).set_index(["part", "layer"]).loc[("dependent", layer)]
+    share = fit_two_components(scaling).set_index(["part", "layer", "group"])["coherent_share"]
+    return {"gradient_ratio_init": float(ratios(init, "dependent", layer).loc[0]),
+            "gradient_ratio_init_identity_bn": float(ratios(init_identity, "dependent", layer).loc[0]),
+            "gradient_ratio_init_total": float(ratios(init, "total", layer).loc[0]),
+            "gradient_ratio_learning": learning, "gradient_ratio_memorizing": memorizing,
+            "gradient_growth": _div(memorizing, learning) if learning > 0 else float("nan"),
+            "gradient_slope_permuted": float(slopes["slope_permuted"]),
+            "gradient_slope_unpermuted": float(slopes["slope_unpermuted"]),
+            "gradient_coherent_share_permuted": float(share.loc[("dependent", layer, "permuted")]),
+            "gradient_coherent_share_unpermuted": float(share.loc[("dependent", layer, "unpermuted")])}

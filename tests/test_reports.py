@@ -89,13 +89,22 @@ def test_thresholds_reach_the_verdicts(smoke_reports):
 
 def test_gradient_numbers_are_plain_values(smoke_reports):
     import dataclasses
+    from memgeo.gradients import STATS
     _, reports = smoke_reports
-    run = reports["gradients"].run
+    gr = reports["gradients"]
+    assert tuple(gr.stats) == STATS and all(isinstance(v, float) for v in gr.stats.values())
+    # smoke trains 3 epochs: no memorization phase, so only its two numbers are undefined
+    assert all(math.isfinite(v) for k, v in gr.stats.items() if k not in ("gradient_ratio_memorizing", "gradient_growth"))
+    assert gr.stats["gradient_ratio_init"] == gr["gr_ratio_init"] != gr["gr_ratio_init_identity_bn"]
+    assert gr["gr_sizes"] == "10, 20, 30"        # the smoke preset's 8, 16, 32 as multiples of its 10 classes
+    run = gr.run
     data = run.load_data()
-    s = GradientSettings(n_examples=30, epochs="0,3", sizes=(4, 8), repeats=2, batch_size=32)
+    s = GradientSettings(n_examples=30, epochs="0,3", sizes=(10, 20), repeats=2, batch_size=32)
     table = gradients_over_epochs(run, s, data=data)
-    full = gradients_over_epochs(run, dataclasses.replace(s, n_examples=60), epochs=[0], data=data)
-    nums = gradient_numbers(run, data, s, table, full, scaling_at_epoch(run, s, data=data), Thresholds())
+    whole = dataclasses.replace(s, n_examples=60)
+    init = gradients_over_epochs(run, whole, epochs=[0], data=data)
+    ident = gradients_over_epochs(run, whole, epochs=[0], data=data, bn="saved")
+    nums = gradient_numbers(run, data, s, table, init, ident, scaling_at_epoch(run, s, data=data), Thresholds())
     assert nums["n_train"] == len(data.x_train) and nums["n_unperm_all"] + nums["n_perm_all"] == 60
     assert nums["verdict"] in ("reproduces", "reproduces only in part", "does not reproduce")
     assert all(isinstance(v, (int, float, str, bool)) for v in nums.values())

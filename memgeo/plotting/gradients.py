@@ -1,5 +1,6 @@
 """Figures of the gradients section: the permuted/unpermuted ratio over training, the coherence
-of each group, and the scaling at initialisation (tables from `memgeo.gradients`)."""
+of each group, and the scaling at initialisation; ratios and norms are of the groups' mean
+per-example gradients (tables from `memgeo.gradients`)."""
 from __future__ import annotations
 
 import textwrap
@@ -9,22 +10,29 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..gradients import ALL, GROUPS, model_ratio
+from ..gradients import ALL, GROUPS, model_mean_norm
 from ..plots import figure, shared_legend
 
 
 def plot_ratio(table: pd.DataFrame, metrics: pd.DataFrame, early_stop: int, caption: str = ""):
-    """Ratio permuted / unpermuted per layer against epoch (top) and the accuracies (bottom)."""
+    """Ratio permuted / unpermuted of the groups' mean gradients against epoch (top): the
+    label-dependent part per layer (black: the whole network), and the whole network's total and
+    label-independent parts; the accuracies (bottom)."""
 
     fig, (ax, bx) = figure(2, 1, height=6.2, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    for layer, d in table.groupby("layer", sort=False):
-        style = dict(color="k", lw=2.5) if layer == ALL else dict(lw=1.4)
-        ax.plot(d["epoch"], d["ratio"], marker="o", ms=3.5, label=layer, **style)
+    dep = table[table["part"] == "dependent"]
+    for layer, d in dep.groupby("layer", sort=False):
+        style = dict(color="k", lw=2.5) if layer == ALL else dict(lw=1.2)
+        ax.plot(d["epoch"], d["ratio"], marker="o", ms=3.5, label=f"{layer} (dependent)" if layer == ALL else layer,
+                **style)
+    for part, ls in (("total", "--"), ("independent", ":")):
+        d = table[(table["part"] == part) & (table["layer"] == ALL)]
+        ax.plot(d["epoch"], d["ratio"], ls, color="k", marker="s", ms=3, lw=1.5, label=f"{ALL} ({part})")
     ax.axhline(1, color="grey", lw=0.8, ls=":")
     ax.set_yscale("log")
     plain_log_ticks(ax)
-    ax.set_ylabel("||permuted part|| /\n||unpermuted part||")
-    ax.legend(ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5), title="layer")
+    ax.set_ylabel("||mean permuted|| /\n||mean unpermuted||")
+    ax.legend(ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5), title="layer (part)", fontsize=8)
     for name, label in (("acc_unpermuted", "unpermuted\n(true label)"),
                         ("acc_permuted_train", "permuted, training\nlabel (memorized)"), ("acc_test", "test")):
         bx.plot(metrics["epoch"], metrics[name], label=label)
@@ -46,39 +54,33 @@ def wrap(text: str, width: int = 100) -> str:
 
 def plot_scaling(table: pd.DataFrame, slopes: pd.DataFrame, layers: Sequence[str] | None = None, caption: str = "",
                  components: pd.DataFrame | None = None):
-    """Log-log: group-sum norms against n (top) and the per-example ratio with its fit (bottom);
-    with `components` (fit_two_components), the ratio the two-component fit predicts (thin dashed)."""
+    """Log-log: the norm of each group's mean gradient against n, label-dependent part (top) and
+    total (bottom), relative to the smallest n, with each group's fitted slope in the legend; with
+    `components` (fit_two_components), the norm the two-component fit predicts (thin)."""
 
     layers = list(layers or table["layer"].unique())
-    mean = table.groupby(["layer", "group", "n"], sort=False)["norm"].mean().reset_index()
-    fig, (ax, bx) = figure(2, 1, height=6.6)
+    mean = table.groupby(["part", "layer", "group", "n"], sort=False)["mean"].mean().reset_index()
+    s_all = slopes.set_index(["part", "layer"])
+    fig, axes = figure(2, 1, height=6.6, sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, layer in enumerate(layers):
-        c = colors[i % len(colors)]
-        d = mean[mean["layer"] == layer]
-        s = slopes.set_index("layer").loc[layer]
-        for g, ls in (("unpermuted", "-"), ("permuted", "--")):
-            dg = d[d["group"] == g].sort_values("n")
-            ax.plot(dg["n"], dg["norm"] / dg["norm"].iloc[0], ls, color=c, marker="o", ms=3.5,
-                    label=f"{layer} {g} ({s[f'slope_{g}']:.2f})")
-        u = d[d["group"] == "unpermuted"].set_index("n")["norm"]
-        p = d[d["group"] == "permuted"].set_index("n")["norm"]
-        ratio = (p / u).sort_index()
-        bx.plot(ratio.index, ratio.values, marker="o", ms=3.5, color=c, label=f"{layer} (slope {s['slope_ratio']:.2f})")
-        if components is not None:
-            nn = np.geomspace(ratio.index.min(), ratio.index.max(), 50)
-            bx.plot(nn, model_ratio(components, layer, nn), color=c, lw=0.8, ls="--")
     n = np.array(sorted(table["n"].unique()), dtype=float)
-    ax.plot(n, n / n[0], color="grey", lw=0.8, ls=":", label="slope 1")
-    ax.plot(n, np.sqrt(n / n[0]), color="grey", lw=0.8, ls="-.", label="slope 1/2")
-    ax.set(xscale="log", yscale="log", xlabel="n examples per group", ylabel="||sum of n gradients||\n(rel. to smallest n)")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title="group (fitted slope)")
-    measured = [line for line in bx.get_lines() if line.get_marker() == "o"]
-    ref = measured[-1].get_ydata()[-1] if measured else 1.0   # through the last layer's largest n
-    bx.plot(n, ref * (n / n[-1]) ** -0.5, color="grey", ls=":", label="predicted slope -1/2")
-    bx.set(xscale="log", yscale="log", xlabel="n examples per group", ylabel="per-example ratio\npermuted / unpermuted")
-    bx.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
-    for a in (ax, bx):
+    for ax, part in zip(axes, ("dependent", "total")):
+        for i, layer in enumerate(layers):
+            c = colors[i % len(colors)]
+            for g, ls in (("unpermuted", "-"), ("permuted", "--")):
+                dg = mean[(mean["part"] == part) & (mean["layer"] == layer) & (mean["group"] == g)].sort_values("n")
+                ref = dg["mean"].iloc[0]
+                ax.plot(dg["n"], dg["mean"] / ref, ls, color=c, marker="o", ms=3.5,
+                        label=f"{layer} {g} ({s_all.loc[(part, layer), f'slope_{g}']:.2f})")
+                if components is not None:
+                    nn = np.geomspace(n[0], n[-1], 50)
+                    ax.plot(nn, model_mean_norm(components, part, layer, g, nn) / ref, ls, color=c, lw=0.7, alpha=0.6)
+        ax.plot(n, np.ones_like(n), color="grey", lw=0.8, ls=":", label="slope 0 (coherent)")
+        ax.plot(n, np.sqrt(n[0] / n), color="grey", lw=0.8, ls="-.", label="slope -1/2 (incoherent)")
+        ax.set(xscale="log", yscale="log", ylabel=f"||mean gradient||, {part}\n(rel. to smallest n)")
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title=f"{part} (fitted slope)", fontsize=7)
+    axes[1].set_xlabel("n examples per group")
+    for a in axes:
         plain_log_ticks(a)
     if caption:
         fig.suptitle(wrap(caption), fontsize=9)
@@ -100,10 +102,12 @@ def plain_log_ticks(ax) -> None:
     ax.tick_params(axis="y", which="minor", labelsize=8)
 
 
-def plot_coherence(table: pd.DataFrame, early_stop: int, caption: str = ""):
-    """Coherence of each group against epoch, one panel per group, one line per layer."""
+def plot_coherence(table: pd.DataFrame, early_stop: int, caption: str = "", part: str = "dependent"):
+    """Coherence of each group (one `part`, by default the label-dependent one) against epoch, one
+    panel per group, one line per layer."""
 
     fig, axes = figure(1, 2, panel_height=3.0, sharey=True)
+    table = table[table["part"] == part]
     for ax, g in zip(axes, GROUPS):
         for layer, d in table.groupby("layer", sort=False):
             style = dict(color="k", lw=2.5) if layer == ALL else dict(lw=1.4)

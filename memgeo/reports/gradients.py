@@ -1,5 +1,6 @@
-"""The gradients section's report: every number and sentence its page quotes, and its row of the
-claim table (claim 5)."""
+"""The gradients section's report: every number and sentence its page quotes, its row of the
+claim table (claim 5) and the seed's claim statistics (`Report.stats`, names in
+`memgeo.gradients.STATS`). Every ratio is of per-example means (see `memgeo.gradients`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,168 +12,152 @@ import pandas as pd
 from ..book import describe
 from ..config import GradientConfig, Preset, Thresholds
 from ..data import LabelledData
-from ..gradients import (ALL, MEMORIZATION_LEVELS, fit_slopes, fit_two_components, gradient_sample,
-                         gradients_over_epochs, model_ratio, model_total_ratio, output_uniformity,
-                         scaling_at_epoch, verdict)
+from ..gradients import (ALL, MEMORIZATION_LEVELS, claim_stats, class_sizes, fit_slopes, fit_two_components,
+                         gradient_sample, gradients_over_epochs, model_at, output_uniformity, phase_epochs,
+                         ratios, scaling_at_epoch)
 from ..runs import Run
 from ..train import train
-from ..verdicts import NOT, PARTLY, REPRODUCED, both_or_one
+from ..verdicts import NOT, PARTLY, REPRODUCED, gradient_claim
 from . import Report
 
 VERB = {REPRODUCED: "reproduces", PARTLY: "reproduces only in part", NOT: "does not reproduce"}
 
 
 def gradients_report(p: Preset, progress: bool = False) -> Report:
-    """Train (or reuse) the shared run, measure the gradient split over its epochs, on the whole
-    training subset at initialisation and in the scaling test (all cached), and say what they show.
+    """Train (or reuse) the shared run, measure the gradient split over its epochs (on a fixed
+    sample), at initialisation on the whole training subset with BatchNorm recomputed and as the
+    identity, and in the scaling test (all cached), and say what they show.
 
     `glue`: gr_caption and gr_<name> for every number of `gradient_numbers` (with the seconds the
-    epochs and the scaling test took, t_epochs and t_scaling); `tables`: table (epochs), full_init,
-    scaling, slopes, components and numbers (all of them, one column)."""
+    epochs and the scaling test took, t_epochs and t_scaling); `tables`: table (epochs), init,
+    init_identity, scaling, slopes, components and numbers (all of them, one column); `stats`:
+    `claim_stats`."""
     run = train(p.run)      # the run shared with the other sections: trained once, then reused
     data = run.load_data()
     settings = p.gradients
     t0 = time.time()
     table = gradients_over_epochs(run, settings, data=data, progress=progress)
-    full0 = gradients_over_epochs(run, dataclasses.replace(settings, n_examples=0), epochs=[0], data=data,
-                                  progress=progress)
+    whole = dataclasses.replace(settings, n_examples=0)
+    init = gradients_over_epochs(run, whole, epochs=[0], data=data, bn="recompute_init")
+    init_identity = gradients_over_epochs(run, whole, epochs=[0], data=data, bn="saved")
     t_epochs = time.time() - t0
     t0 = time.time()
     scaling = scaling_at_epoch(run, settings, data=data)
     t_scaling = time.time() - t0
-    numbers = gradient_numbers(run, data, settings, table, full0, scaling, p.thresholds)
+    numbers = gradient_numbers(run, data, settings, table, init, init_identity, scaling, p.thresholds)
     numbers.update(t_epochs=t_epochs, t_scaling=t_scaling)
+    stats = claim_stats(table, init, init_identity, scaling, run.metrics, run.early_stop_epoch,
+                        memorized=p.thresholds.memorized)
     glue = {"gr_caption": describe(p), **{f"gr_{k}": v for k, v in numbers.items()}}
-    measured = (f"permuted/unpermuted gradient ratio {numbers['ratio_init_full']:.2f} at initialization (whole "
-                f"training subset); during memorization {numbers['growth']:.2f} times its initial value")
+    growth = (f"during memorization {numbers['growth']:.2f} times its value from epoch 1 to early stopping"
+              if np.isfinite(numbers["growth"]) else "no memorization phase among the analysed epochs")
+    measured = (f"label-dependent gradient, permuted/unpermuted per-example ratio {numbers['ratio_init']:.2f} at "
+                f"initialization (BatchNorm recomputed; {numbers['ratio_init_identity_bn']:.2f} with identity "
+                f"BatchNorm); {growth}")
     claim = {verb: word for word, verb in VERB.items()}[numbers["verdict"]]
-    tables = {"table": table, "full_init": full0, "scaling": scaling, "slopes": fit_slopes(scaling),
-              "components": fit_two_components(scaling), "numbers": pd.Series(numbers, name="value").to_frame()}
-    return Report(glue, tables, {"gradients": (measured, claim)}, run)
+    tables = {"table": table, "init": init, "init_identity": init_identity, "scaling": scaling,
+              "slopes": fit_slopes(scaling), "components": fit_two_components(scaling),
+              "numbers": pd.Series(numbers, name="value").to_frame()}
+    return Report(glue, tables, {"gradients": (measured, claim)}, run, stats=stats)
+
+
+def _at0(t: pd.DataFrame, part: str, column: str = "ratio", layer: str = ALL) -> float:
+    return float(ratios(t, part, layer, column).iloc[0])
 
 
 def gradient_numbers(run: Run, data: LabelledData, settings: GradientConfig, table: pd.DataFrame,
-                     full_init: pd.DataFrame, scaling: pd.DataFrame, thresholds: Thresholds = Thresholds(),
-                     layer: str = ALL) -> dict:
+                     init: pd.DataFrame, init_identity: pd.DataFrame, scaling: pd.DataFrame,
+                     thresholds: Thresholds = Thresholds(), layer: str = ALL) -> dict:
     """Every number (and the few sentences that depend on them) that the book's gradient section
-    quotes, as plain Python values ready for `glue`.
+    quotes, as plain Python values ready for `glue`. Ratios: permuted / unpermuted norms of the
+    groups' mean per-example gradients; "dep" the label-dependent part, "total" the loss gradient.
 
-    `table`: gradients_over_epochs; `full_init`: the split at epoch 0 on the whole training subset;
-    `scaling`: scaling_at_epoch. Thresholds: `gradient_small` (ratio at init), `gradient_growth`
-    (memorization phase over init), `gradient_slope_tol` (distance of the fitted slope from -1/2).
+    `table`: gradients_over_epochs; `init` / `init_identity`: the split at epoch 0 on the whole
+    training subset with BatchNorm recomputed / identity; `scaling`: scaling_at_epoch.
+    Thresholds: `gradient_small` (ratio at init), `gradient_growth` (memorization phase over the
+    learning phase), `gradient_slope_tol` (distance of the permuted group's slope from -1/2).
     """
-    small, growth, slope_tol = thresholds.gradient_small, thresholds.gradient_growth, thresholds.gradient_slope_tol
+    small, growth_min, slope_tol = (thresholds.gradient_small, thresholds.gradient_growth,
+                                    thresholds.gradient_slope_tol)
     early = run.early_stop_epoch
-    v = verdict(table, run.metrics, early, layer=layer, small=small, growth=growth, full_init=full_init,
-                memorized=thresholds.memorized)
-    slopes = fit_slopes(scaling).set_index("layer")
-    comp_t = fit_two_components(scaling)
-    comp = comp_t.set_index(["layer", "group"])
-    uni = output_uniformity(run.load_model(0, device=data.x_train.device), data,
-                            gradient_sample(data, settings.n_examples, settings.seed))
-    s_all, s_log = slopes.loc[layer], slopes.loc["logits"]
-    d = table[table["layer"] == layer]
-    pre = d[(d["epoch"] > d["epoch"].min()) & (d["epoch"] <= early)]["ratio"]
-    n_u, n_p = int(d["n_unpermuted"].iloc[0]), int(d["n_permuted"].iloc[0])
-    fu, fp = int(full_init["n_unpermuted"].iloc[0]), int(full_init["n_permuted"].iloc[0])
-    mu2_u, mu2_p = float(comp.loc[(layer, "unpermuted"), "mu2"]), float(comp.loc[(layer, "permuted"), "mu2"])
-    C = data.num_classes
+    st = claim_stats(table, init, init_identity, scaling, run.metrics, early, layer, thresholds.memorized)
+    dep, tot, ind = (ratios(table, part, layer) for part in ("dependent", "total", "independent"))
+    ph = phase_epochs(list(dep.index), run.metrics, early, thresholds.memorized)
+    mean = lambda s, k: float(s.loc[ph[k]].mean()) if ph[k] else float("nan")   # noqa: E731
+    sample = gradient_sample(data, settings.n_examples, settings.seed)
+    uni_id = output_uniformity(model_at(run, 0, data, "saved"), data, sample)
+    uni = output_uniformity(model_at(run, 0, data, "recompute_init"), data, sample)
+    slopes = fit_slopes(scaling).set_index(["part", "layer"])
+    comp = fit_two_components(scaling).set_index(["part", "layer", "group"])
+    d0 = table[(table["part"] == "dependent") & (table["layer"] == layer)].sort_values("epoch")
+    later = d0[d0["epoch"] > 0]
+    acc = run.metrics.set_index("epoch")
+    sizes = class_sizes(settings.sizes, data.num_classes)
     out = {
-        "n_sample": v["n_sample"], "n_train": len(data.x_train), "n_unpermuted": n_u, "n_permuted": n_p,
-        "n_unperm_all": fu, "n_perm_all": fp,
-        "epochs": ", ".join(str(e) for e in sorted(table["epoch"].unique())),
-        "early": early, "epoch_end": v["epoch_end"],
-        "max_prob": uni["max_prob"], "uniform": uni["uniform"], "logit_std": uni["logit_std"],
-        "ratio_init": v["ratio_init"], "ratio_early": v["ratio_early"], "ratio_end": v["ratio_end"],
-        "ratio_max": v["ratio_max"], "epoch_max": v["epoch_max"],
-        "ratio_init_logits": float(table[(table["layer"] == "logits") & (table["epoch"] == v["epoch_init"])]["ratio"].iloc[0]),
-        "ratio_min_pre": float(pre.min()) if len(pre) else float("nan"),
-        "ratio_max_pre": float(pre.max()) if len(pre) else float("nan"),
-        "ratio_init_full": v["ratio_init_full"], "cosine_init": v["cosine_init"],
-        "cosine_init_full": v["cosine_init_full"],
-        "ratio_init_full_fit": model_total_ratio(comp_t, layer, fu, fp),
-        "coh_u_init": v["coherence_unpermuted_init"], "coh_p_init": v["coherence_permuted_init"],
-        "inv_n_u": 1 / n_u, "inv_n_p": 1 / n_p,
-        "memo_levels": ", ".join(f"{q:.0%}" for q in MEMORIZATION_LEVELS),
-        "ratio_mem": v["ratio_memorizing"], "growth": v["growth"],
-        "epochs_mem": ", ".join(str(e) for e in v["epochs_memorizing"]) or "none",
-        "acc_u_mem": v["acc_unpermuted_memorizing"], "acc_p_mem": v["acc_permuted_memorizing"],
-        "slope_u": s_all["slope_unpermuted"], "slope_p": s_all["slope_permuted"],
-        "slope_ratio": s_all["slope_ratio"], "slope_ratio_logits": s_log["slope_ratio"],
-        "slope_ratio_local": s_all["slope_ratio_local"], "slope_pred": -0.5,
-        "sizes": ", ".join(str(n) for n in settings.sizes), "repeats": settings.repeats,
-        "pool_factor": settings.pool_factor,
-        "ratio_first": s_all["ratio_first"], "ratio_last": s_all["ratio_last"],
-        "n_first": int(s_all["n_first"]), "n_last": int(s_all["n_last"]),
-        "ncross_u": float(comp.loc[(layer, "unpermuted"), "n_cross"]),
-        "mu_ratio": float(np.sqrt(max(mu2_p, 0.0) / mu2_u)) if mu2_u > 0 else float("nan"),
-        "ratio_pred_full": float(model_ratio(comp_t, layer, fu)),
-        "C": C, "floor_pred": 1 / (C - 1),
-        "small": small, "growth_min": growth, "slope_tol": slope_tol,
+        "C": data.num_classes, "n_train": len(data.x_train), "n_sample": int(d0["n"].iloc[0]),
+        "n_unpermuted": int(d0["n_unpermuted"].iloc[0]), "n_permuted": int(d0["n_permuted"].iloc[0]),
+        "n_unperm_all": int(init["n_unpermuted"].iloc[0]), "n_perm_all": int(init["n_permuted"].iloc[0]),
+        "epochs": ", ".join(str(e) for e in dep.index), "early": early, "epoch_end": int(dep.index[-1]),
+        "memo_levels": ", ".join(f"{q:.0%}" for q in MEMORIZATION_LEVELS), "memo_first": MEMORIZATION_LEVELS[0],
+        "memorized": thresholds.memorized,
+        "uniform": uni["uniform"], "max_prob_identity": uni_id["max_prob"], "max_prob": uni["max_prob"],
+        "logit_std_identity": uni_id["logit_std"], "logit_std": uni["logit_std"],
+        "ratio_init": st["gradient_ratio_init"], "ratio_init_identity_bn": st["gradient_ratio_init_identity_bn"],
+        "ratio_init_total": st["gradient_ratio_init_total"],
+        "ratio_init_total_identity_bn": _at0(init_identity, "total"),
+        "ratio_init_independent": _at0(init, "independent"),
+        "cosine_init": _at0(init, "dependent", "cosine"), "cosine_init_identity_bn": _at0(init_identity, "dependent", "cosine"),
+        "cosine_init_total": _at0(init, "total", "cosine"),
+        "cosine_init_total_identity_bn": _at0(init_identity, "total", "cosine"),
+        "ratio_init_sample": float(dep.iloc[0]),
+        "epoch_first": int(later["epoch"].iloc[0]) if len(later) else -1,
+        "ratio_first": float(dep.loc[later["epoch"].iloc[0]]) if len(later) else float("nan"),
+        "ratio_first_total": float(tot.loc[later["epoch"].iloc[0]]) if len(later) else float("nan"),
+        "epochs_learning": ", ".join(str(e) for e in ph["learning"]) or "none",
+        "epochs_mem": ", ".join(str(e) for e in ph["memorizing"]) or "none",
+        "ratio_learning": st["gradient_ratio_learning"], "ratio_mem": st["gradient_ratio_memorizing"],
+        "growth": st["gradient_growth"],
+        "ratio_learning_total": mean(tot, "learning"), "ratio_mem_total": mean(tot, "memorizing"),
+        "ratio_learning_independent": mean(ind, "learning"), "ratio_mem_independent": mean(ind, "memorizing"),
+        "acc_p_learning": float(acc["acc_permuted_train"].reindex(ph["learning"]).mean()) if ph["learning"] else float("nan"),
+        "acc_u_mem": float(acc["acc_unpermuted"].reindex(ph["memorizing"]).mean()) if ph["memorizing"] else float("nan"),
+        "acc_p_mem": float(acc["acc_permuted_train"].reindex(ph["memorizing"]).mean()) if ph["memorizing"] else float("nan"),
+        "coh_u_init": float(d0["coherence_unpermuted"].iloc[0]), "coh_p_init": float(d0["coherence_permuted"].iloc[0]),
+        "inv_n_u": 1 / int(d0["n_unpermuted"].iloc[0]), "inv_n_p": 1 / int(d0["n_permuted"].iloc[0]),
+        "coh_u_mem": float(d0.set_index("epoch")["coherence_unpermuted"].reindex(ph["memorizing"]).mean()),
+        "coh_p_mem": float(d0.set_index("epoch")["coherence_permuted"].reindex(ph["memorizing"]).mean()),
+        "sizes": ", ".join(str(n) for n in sizes), "sizes_asked": ", ".join(str(n) for n in settings.sizes),
+        "repeats": settings.repeats, "pool_factor": settings.pool_factor,
+        "slope_u": st["gradient_slope_unpermuted"], "slope_p": st["gradient_slope_permuted"],
+        "slope_u_total": float(slopes.loc[("total", layer), "slope_unpermuted"]),
+        "slope_p_total": float(slopes.loc[("total", layer), "slope_permuted"]),
+        "share_u": st["gradient_coherent_share_unpermuted"], "share_p": st["gradient_coherent_share_permuted"],
+        "share_u_total": float(comp.loc[("total", layer, "unpermuted"), "coherent_share"]),
+        "share_p_total": float(comp.loc[("total", layer, "permuted"), "coherent_share"]),
+        "n_max": max(sizes), "slope_incoherent": -0.5, "slope_coherent": 0.0,
+        "small": small, "growth_min": growth_min, "slope_tol": slope_tol,
     }
-    later = d[d["epoch"] > d["epoch"].min()].sort_values("epoch")
-    if len(later):
-        first = later.iloc[0]
-        out.update(epoch_first=int(first["epoch"]), coh_u_first=float(first["coherence_unpermuted"]),
-                   coh_p_first=float(first["coherence_permuted"]), cosine_first=float(first["cosine"]))
+    claim = gradient_claim(out["ratio_init"], out["growth"],
+                           dataclasses.replace(thresholds, gradient_small=small, gradient_growth=growth_min))
+    out["small_init_word"] = "is" if claim["small_init"] else "is not"
+    if ph["memorizing"] and ph["learning"]:
+        out["grows_text"] = (
+            ("grows" if claim["grows"] else "does not grow enough to count")
+            + f": over the memorization phase (epochs {out['epochs_mem']}, the permuted examples fitted to "
+            f"{out['acc_p_mem']:.2f} of their training labels on average, the unpermuted ones to "
+            f"{out['acc_u_mem']:.2f}) it averages {out['ratio_mem']:.2f}, against {out['ratio_learning']:.2f} "
+            f"from epoch 1 to the early-stopping epoch (epochs {out['epochs_learning']}): {out['growth']:.2f} times")
     else:
-        out.update(epoch_first=-1, coh_u_first=float("nan"), coh_p_first=float("nan"), cosine_first=float("nan"))
-    mem = d[d["epoch"].isin(v["epochs_memorizing"])]
-    out["coh_u_mem"] = float(mem["coherence_unpermuted"].mean()) if len(mem) else float("nan")
-    out["coh_p_mem"] = float(mem["coherence_permuted"].mean()) if len(mem) else float("nan")
-    out["cosine_mem"] = float(mem["cosine"].mean()) if len(mem) else float("nan")
-    # Is the rise a clean switch? An early checkpoint may already be as high as the memorization phase.
-    caveat = ""
-    if len(pre) and v["epochs_memorizing"] and pre.max() >= 0.9 * v["ratio_memorizing"]:
-        e_hi = int(d.loc[pre.idxmax(), "epoch"])
-        acc_hi = float(run.metrics.set_index("epoch")["acc_permuted_train"].get(e_hi, float("nan")))
-        caveat = (f"The rise is not monotone, though: at epoch {e_hi}, before the early-stopping epoch and with "
-                  f"the permuted examples fitted to only {acc_hi:.2f} of their training labels, the ratio already "
-                  f"reached {pre.max():.2f}, close to its mean over the memorization phase. Averaged over the "
-                  f"checkpoints after initialization up to the early-stopping epoch it is {pre.mean():.2f}, "
-                  f"against {v['ratio_memorizing']:.2f} during memorization.")
-    out["caveat_text"] = caveat
-    out["coh_u_side"] = "below" if out["coh_u_init"] < out["inv_n_u"] else "above"
-    out["coh_p_side"] = "below" if out["coh_p_init"] < out["inv_n_p"] else "above"
-    out["small_init_word"] = "is" if v["small_init"] else "is not"
-    if v["epochs_memorizing"]:
-        out["grows_word"] = (
-            ("grows" if v["grows"] else "does not grow enough to count")
-            + f": over the memorization phase (epochs {out['epochs_mem']}, where the permuted examples are "
-            f"fitted to {out['acc_p_mem']:.2f} of their training labels on average and the unpermuted ones "
-            f"to {out['acc_u_mem']:.2f}) it averages {out['ratio_mem']:.2f}, {out['growth']:.2f} times its "
-            f"value at initialization on the same sample")
-    else:
-        out["grows_word"] = ("cannot be judged: no analysed epoch after the early-stopping epoch falls in the "
-                             "memorization phase")
-    slope_ok = abs(out["slope_ratio"] + 0.5) <= slope_tol
-    out["slope_word"] = "agrees with" if slope_ok else "is far from"
-    if mu2_u > 0:
-        fit = (f"The unpermuted examples have a coherent part, which dominates beyond about "
-               f"{out['ncross_u']:.0f} examples. ")
-        if mu2_p > 0:
-            fit += (f"The permuted examples' coherent part is {out['mu_ratio']:.2f} times as large in norm "
-                    f"(predicted: {out['floor_pred']:.2f}). ")
-        else:
-            fit += (f"The permuted examples show none: their fitted coherent part is zero or negative, within "
-                    f"the noise (the predicted one, {out['floor_pred']:.2f} times the unpermuted one in norm, "
-                    f"is below what this fit resolves). ")
-        fit += (f"Extrapolated to all {fu} unpermuted examples of the training subset (and as many permuted "
-                f"ones), the fit gives a per-example ratio of {out['ratio_pred_full']:.2f}.")
-        if mu2_p <= 0 or out["mu_ratio"] < 0.5:
-            mech = (f"The two-component fit agrees with the argument: the unpermuted examples' gradients add "
-                    f"coherently beyond about {out['ncross_u']:.0f} examples and the permuted ones' hardly at "
-                    f"all, so the ratio keeps falling, its slope approaching -1/2 only for many more examples "
-                    f"than that (local slope {out['slope_ratio_local']:.2f} at the largest n).")
-        else:
-            mech = (f"The permuted examples' gradients keep a coherent part {out['mu_ratio']:.2f} times that of "
-                    f"the unpermuted ones, so the ratio levels off near that value instead of falling like the "
-                    f"inverse square root of n.")
-    else:
-        fit = (f"The fit finds no coherent part in the unpermuted examples' gradients: with at most "
-               f"{out['n_last']} examples per group, the class signal of the initial features does not show "
-               f"above the per-example variation.")
-        mech = "The fit finds no coherent part in either group at these sizes, so the mechanism is not seen."
-    out["fit_text"], out["mechanism_text"] = fit, mech
-    out["verdict"] = VERB[both_or_one(v["small_init"], v["grows"])]
+        missing = "after the early-stopping epoch falls in the memorization phase" if ph["learning"] else \
+            "lies between epoch 1 and the early-stopping epoch"
+        out["grows_text"] = f"cannot be judged: no analysed epoch {missing}"
+    incoherent = abs(out["slope_p"] + 0.5) <= slope_tol
+    out["mechanism_text"] = (
+        f"The permuted examples' label-dependent mean gradient falls with slope {out['slope_p']:.2f} "
+        + ("(incoherent, as the argument says" if incoherent else "(not the incoherent -1/2 the argument says")
+        + f"; coherent share {out['share_p']:.2f} at n = {out['n_max']}), the unpermuted examples' with slope "
+        f"{out['slope_u']:.2f} (coherent share {out['share_u']:.2f}"
+        + ("; their class signal dominates)." if out["share_u"] >= 0.5 else
+           "; at these sizes their class signal does not yet dominate the per-example variation).") )
+    out["verdict"] = VERB[claim["verdict"]]
     return {k: (val.item() if isinstance(val, np.generic) else val) for k, val in out.items()}
