@@ -134,7 +134,7 @@ def rewind_report(p: Preset, progress: bool = True, draws: int = DRAWS, control_
     }
     gaps_by_layer = gaps.pivot(index="layer", columns="mode",
                                values=["acc_test", "gap_recovered", "acc_permuted_train"]).reindex(layers)
-    maini = ms["per_layer"][["memorization", "memorization_drop", "memorization_removed", "clean_drop", "test_change"]]
+    maini = ms["per_layer"][["param_share", "memorization", "memorization_drop", "memorization_removed", "clean_drop", "test_change"]]
     shown = ["param_share", "gap_recovered", "gap_recovered_matched", "memorization_removed",
              "memorization_removed_matched", "clean_drop", "selectivity", "selectivity_matched"]
     tables = {"table": table, "gaps": gaps, "gaps_by_layer": gaps_by_layer, "layers": layers, "headline": headline,
@@ -221,12 +221,12 @@ def maini_test_glue(mt: dict, threshold: float) -> dict:
     g["mt_verdict"] = words.get(mt["verdict"], mt["verdict"])
     if math.isnan(g["mt_nonfinal_removed"]):
         g["mt_verdict"] = "cannot be tested on this run"
-        g["mt_text"] = ("cannot be measured on this run: memorization did not grow after early stopping, so there "
-                        "is nothing for a rewind to remove")
+        g["mt_text"] = ("Memorization did not grow after early stopping on this run, so there is nothing for a "
+                        "rewind to remove")
     else:
         big = g["mt_nonfinal_removed"] >= threshold
         beats = g["mt_nonfinal_removed"] > g["mt_nonfinal_matched"]
-        g["mt_text"] = ((f"a non-final layer alone removes {'at least' if big else 'less than'} "
+        g["mt_text"] = ((f"A non-final layer alone removes {'at least' if big else 'less than'} "
                          f"{threshold:.0%} of the memorization") +
                         (", and more than a random rewind of as many weights" if beats else
                          ", but no more than a random rewind of as many weights"))
