@@ -26,7 +26,11 @@ same rewound model (tested). With ``budget_bytes=0`` every rewound model is buil
 evaluated by `train.evaluate` itself (the reference path).
 
 Results are a tidy table in the run's result cache (`memgeo.cache`, under ``rewind/``), one chunk
-per rewind epoch: an interrupted sweep resumes at the first epoch it had not written.
+per rewind epoch: an interrupted sweep resumes at the first epoch it had not written. Every row
+carries ``param_share``, the share of the network's parameters its rewound layers hold
+(`param_counts`: a BatchNorm's scale and shift count with their layer), derived from the model
+when the table is read. Controls (a parameter-matched random rewind, selectivity, Maini et al.'s
+claim as stated) are in `memgeo.rewind_controls`.
 """
 from __future__ import annotations
 
