@@ -26,7 +26,11 @@ same rewound model (tested). With ``budget_bytes=0`` every rewound model is buil
 evaluated by `train.evaluate` itself (the reference path).
 
 Results are a tidy table in the run's result cache (`memgeo.cache`, under ``rewind/``), one chunk
-per rewind epoch: an interrupted sweep resumes at the first epoch it had not written.
+per rewind epoch: an interrupted sweep resumes at the first epoch it had not written. Every row
+carries ``param_share``, the share of the network's parameters its rewound layers hold
+(`param_counts`: a BatchNorm's scale and shift count with their layer), derived from the model
+when the table is read. Controls (a parameter-matched random rewind, selectivity, Maini et al.'s
+claim as stated) are in `memgeo.rewind_controls`.
 """
 from __future__ import annotations
 
@@ -51,7 +55,10 @@ from .verdicts import rewind_claim_holds
 BN_OPTIONS = ("rewind", "recompute")
 MODES = ("single", "cumulative")
 METRICS = ("acc_test", "acc_permuted_train", "acc_permuted_true", "acc_unpermuted")
-TABLE_COLUMNS = ["layer", "layer_index", "mode", "epoch", "bn", "final_epoch", "rewound", *METRICS]
+STORED_COLUMNS = ["layer", "layer_index", "mode", "epoch", "bn", "final_epoch", "rewound", *METRICS]
+# param_share is derived from the model's shapes when a table is read, not stored: the cached
+# numbers did not change, so neither did the cache key.
+TABLE_COLUMNS = [*STORED_COLUMNS, "param_share"]
 REWIND_VERSION = 2      # bump when the numbers a cache key stands for change
 THRESHOLDS = Thresholds()
 
@@ -90,6 +97,33 @@ def layers_for(model: BlockNet, layer: str | None, mode: str = "single") -> list
     check_layer(model, layer)
     names = rewindable_layers(model)
     return [layer] if mode == "single" else names[names.index(layer):]
+
+
+def param_counts(model: BlockNet) -> dict[str, int]:
+    """Number of trainable parameters of each rewindable layer, in order. A BatchNorm's affine
+    weight and bias count with the layer that owns them (they are rewound with it); running
+    statistics are buffers, not parameters, and are not counted."""
+    counts = {name: 0 for name in rewindable_layers(model)}
+    for k, v in model.named_parameters():
+        counts[model.block_of(k)] += v.numel()
+    return counts
+
+
+def param_share(model: BlockNet, layers) -> float:
+    """Fraction of the network's parameters that rewinding `layers` replaces."""
+    counts = param_counts(model)
+    for layer in layers:
+        check_layer(model, layer)
+    return sum(counts[l] for l in set(layers)) / sum(counts.values())
+
+
+def with_param_share(table: pd.DataFrame, model: BlockNet) -> pd.DataFrame:
+    """`table` with a column param_share: the share of `model`'s parameters in each row's
+    "rewound" layers ("+"-joined names)."""
+    out = table.copy()
+    shares = {r: param_share(model, r.split("+")) for r in out["rewound"].unique()}
+    out["param_share"] = out["rewound"].map(shares).astype(float)
+    return out
 
 
 def _check_bn(bn: str) -> None:
@@ -263,8 +297,8 @@ def rewind_table(run: Run, epochs=None, layers=None, modes=MODES, bn: str = "rew
     if todo:
         rows = _rewind_rows(run, final, names, todo, layers, modes, bn, final_epoch, data, data_root, device,
                             batch_size, budget_bytes, progress, store)
-    table = store.read() if store else pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    table = table[table["epoch"].isin(epochs)]
+    table = store.read() if store else pd.DataFrame(rows, columns=STORED_COLUMNS)
+    table = with_param_share(table[table["epoch"].isin(epochs)], final)
     order = {m: i for i, m in enumerate(MODES)}
     table = table.sort_values(["mode", "epoch", "layer_index"], key=lambda s: s.map(order) if s.name == "mode" else s)
     return table.reset_index(drop=True)
@@ -322,7 +356,7 @@ def _rewind_rows(run: Run, final: BlockNet, names, epochs, layers, modes, bn, fi
                     bar.update(1)
         rows += new
         if store is not None:
-            store.add("table", pd.DataFrame(new, columns=TABLE_COLUMNS), ["epoch"])
+            store.add("table", pd.DataFrame(new, columns=STORED_COLUMNS), ["epoch"])
     if bar is not None:
         bar.close()
     return rows
@@ -363,7 +397,8 @@ def gap_table(table: pd.DataFrame, run: Run, epoch: int | None = None) -> pd.Dat
     t["gap_recovered"] = (t["acc_test"] - ref["final_test"]) / gap if gap > 0 else np.nan
     dm = ref["final_memorization"] - mem_ck
     t["memorization_removed"] = (ref["final_memorization"] - t["acc_permuted_train"]) / dm if dm > 0 else np.nan
-    cols = ["mode", "layer", "layer_index", "rewound", *METRICS, "gap_recovered", "memorization_removed"]
+    cols = ["mode", "layer", "layer_index", "rewound", "param_share", *METRICS, "gap_recovered",
+            "memorization_removed"]
     return t[cols].reset_index(drop=True)
 
 
@@ -412,6 +447,7 @@ def summary(table: pd.DataFrame, run: Run, threshold: float = THRESHOLDS.recover
         "early_layers": early, "late_layers": late,
         "late_best_layer": late_best, "late_best_fraction": late_frac,
         "late_best_rewound": str(late_cum.loc[late_best, "rewound"]) if late_best else "",
+        "late_best_param_share": float(late_cum.loc[late_best, "param_share"]) if late_best else float("nan"),
         "early_best_layer": early_best, "early_best_fraction": early_frac,
         "fewest_layer": fewest,
         "fewest_count": (len(names) - names.index(fewest)) if fewest else 0,
@@ -435,8 +471,8 @@ def maini_table(table: pd.DataFrame, run: Run) -> pd.DataFrame:
     t["memorization_removed"] = np.where(full > 0, t["memorization_drop"] / full.where(full > 0, 1), np.nan)
     t["clean_drop"] = ref["final_unpermuted"] - t["acc_unpermuted"]
     t["test_change"] = t["acc_test"] - ref["final_test"]
-    return t[["layer", "layer_index", "epoch", "memorization", "memorization_drop", "memorization_removed",
-              "clean_drop", "test_change"]].reset_index(drop=True)
+    return t[["layer", "layer_index", "epoch", "param_share", "memorization", "memorization_drop",
+              "memorization_removed", "clean_drop", "test_change"]].reset_index(drop=True)
 
 
 def maini_summary(table: pd.DataFrame, run: Run, epoch: int | None = None,

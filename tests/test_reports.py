@@ -109,3 +109,39 @@ def test_gradient_numbers_are_plain_values(smoke_reports):
     assert nums["verdict"] in ("reproduces", "reproduces only in part", "does not reproduce")
     assert all(isinstance(v, (int, float, str, bool)) for v in nums.values())
     assert pd.Series(nums).index.is_unique
+
+
+REWIND_STATS = {"rewind_late_fraction", "rewind_early_fraction", "rewind_matched_fraction", "rewind_late_param_share",
+                "rewind_selectivity", "maini_nonfinal_removed", "maini_nonfinal_matched", "maini_final_removed"}
+
+
+def test_rewind_stats_are_the_claims_numbers(smoke_reports):
+    _, reports = smoke_reports
+    rew = reports["rewind"]
+    st = rew.stats
+    assert set(st) == REWIND_STATS and all(isinstance(v, float) for v in st.values())
+    assert st["rewind_late_fraction"] == rew["late_best_fraction"] or math.isnan(st["rewind_late_fraction"])
+    control = rew.tables["control"]
+    params = rew.tables["params"]
+    assert params["param_share"].sum() == pytest.approx(1.0)
+    if math.isnan(st["rewind_late_fraction"]):     # no gap on this run: nothing to recover
+        assert math.isnan(st["rewind_matched_fraction"])
+    else:
+        late = control[(control["mode"] == "cumulative") & (control["rewound"] == rew.glue["late_best_rewound"]
+                                                              .replace(", ", "+"))].iloc[0]
+        assert st["rewind_late_fraction"] == pytest.approx(late["gap_recovered"])
+        assert st["rewind_matched_fraction"] == late["gap_recovered_matched"]
+        assert st["rewind_late_param_share"] == pytest.approx(params.loc[late["rewound"].split("+"), "param_share"].sum())
+        assert st["rewind_selectivity"] == late["selectivity"] == rew["c_late_sel"]
+        # the matched control's gap recovered from its mean test accuracy over the draws
+        gap = rew["peak_test"] - rew["final_test"]
+        assert late["gap_recovered_matched"] == pytest.approx((late["acc_test_matched"] - rew["final_test"]) / gap)
+    mt = rew.tables["maini_test"]
+    assert list(mt.index[mt["final"]]) == rew["mt_final_list"].split(", ")
+    nonfinal = mt.loc[~mt["final"], "memorization_removed"]
+    if nonfinal.notna().any():
+        assert st["maini_nonfinal_removed"] == pytest.approx(nonfinal.max())
+        assert st["maini_final_removed"] == pytest.approx(mt.loc[mt["final"], "memorization_removed"].max())
+    else:       # memorization did not grow after early stopping on this run: undefined
+        assert math.isnan(st["maini_nonfinal_removed"]) and math.isnan(st["maini_nonfinal_matched"])
+    assert rew.claims["maini"][1] in verdicts.VERDICTS

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -265,3 +266,148 @@ def test_summaries_when_the_peak_is_the_final_epoch(cifar_root, tmp_path):
     assert s["gap"] == 0 and math.isnan(s["late_best_fraction"]) and s["claim_holds"] is False
     ms = rw.maini_summary(table, run)
     assert ms["n_layers"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter shares, the parameter-matched control, selectivity, Maini et al.'s claim as stated
+
+from memgeo import rewind_controls as rc  # noqa: E402
+
+
+def test_param_shares_by_hand():
+    model = build_model(small(width=4))
+    # conv k: 3x3 kernel (no bias: BatchNorm follows) + BatchNorm scale and shift per channel;
+    # logits: 8w channels x 2x2 positions -> 10 classes, with bias.
+    by_hand = {"conv1": 3 * 4 * 9 + 2 * 4, "conv2": 4 * 8 * 9 + 2 * 8, "conv3": 8 * 16 * 9 + 2 * 16,
+               "conv4": 16 * 32 * 9 + 2 * 32, "logits": 32 * 4 * 10 + 10}
+    assert by_hand == {"conv1": 116, "conv2": 304, "conv3": 1184, "conv4": 4672, "logits": 1290}
+    assert rw.param_counts(model) == by_hand
+    assert rw.param_share(model, ["conv4", "logits"]) == pytest.approx((4672 + 1290) / 7566, rel=1e-12)
+    assert rw.param_share(model, rw.rewindable_layers(model)) == 1.0
+
+
+def test_tables_carry_param_shares(run, data):
+    table = rw.rewind_table(run, epochs=[2], data=data)
+    shares = rw.param_counts(run.load_model(3))
+    total = sum(shares.values())
+    row = table[(table["mode"] == "cumulative") & (table["layer"] == "conv3")].iloc[0]
+    assert row["param_share"] == pytest.approx((shares["conv3"] + shares["conv4"] + shares["logits"]) / total)
+    single = table[table["mode"] == "single"].set_index("layer")["param_share"]
+    assert single.sum() == pytest.approx(1.0)
+    assert rw.gap_table(table, run)["param_share"].max() == pytest.approx(1.0)
+
+
+def test_allocate_is_proportional_with_largest_remainders():
+    # quotas 0.7, 2.1, 4.2: floors 0, 2, 4 (6), the one left goes to the largest remainder (0.7).
+    assert rc.allocate([10, 30, 60], 7) == [1, 2, 4]
+    assert rc.allocate([10, 30, 60], 100) == [10, 30, 60]
+    assert rc.allocate([10, 30, 60], 0) == [0, 0, 0]
+    with pytest.raises(rw.RewindError, match="network has 100"):
+        rc.allocate([10, 30, 60], 101)
+
+
+def test_matched_control_rewinds_exactly_the_requested_count(run):
+    final, source = run.load_model(3), run.load_state(1)
+    n = 1001
+    masks = rc.matched_masks(final, n, np.random.default_rng(0))
+    assert sum(int(m.sum()) for m in masks.values()) == n
+    sizes = [p.numel() for _, p in final.named_parameters()]
+    assert [int(m.sum()) for m in masks.values()] == rc.allocate(sizes, n)
+    state = rc.masked_state(final, source, masks)
+    own = final.state_dict()
+    changed = 0
+    for k, mask in masks.items():
+        assert torch.equal(state[k][mask], source[k][mask]) and torch.equal(state[k][~mask], own[k][~mask])
+        changed += int((state[k] != own[k]).sum())
+    assert changed == n          # trained weights differ between epochs 1 and 3 everywhere
+    # A BatchNorm channel's running statistics follow its scale entry.
+    scale = masks["blocks.conv4.1.weight"]
+    stat = state["blocks.conv4.1.running_mean"]
+    assert torch.equal(stat[scale], source["blocks.conv4.1.running_mean"][scale])
+    assert torch.equal(stat[~scale], own["blocks.conv4.1.running_mean"][~scale])
+
+
+@pytest.mark.parametrize("bn", rw.BN_OPTIONS)
+def test_matched_control_of_every_parameter_is_the_full_rewind(run, data, bn):
+    final, source = run.load_model(3), run.load_state(1)
+    total = sum(rw.param_counts(final).values())
+    model = rc.matched_model(final, source, total, np.random.default_rng(5), bn=bn, data=data)
+    full = rw.rewind_model(final, source, rw.rewindable_layers(final), bn=bn, data=data)
+    assert states_equal(model.state_dict(), full.state_dict())
+    assert torch.equal(logits(model, data), logits(full, data))
+    none = rc.matched_model(final, source, 0, np.random.default_rng(5))
+    assert states_equal(none.state_dict(), final.state_dict())
+
+
+def test_matched_table_is_seeded_and_cached(run, data, monkeypatch):
+    t = rc.matched_table(run, ["conv2", "conv4+logits"], epoch=1, draws=2, data=data)
+    assert list(t.columns) == rc.MATCHED_COLUMNS and len(t) == 4
+    counts = rw.param_counts(run.load_model(3))
+    assert list(t["n_params"]) == [counts["conv2"]] * 2 + [counts["conv4"] + counts["logits"]] * 2
+    fresh = rc.matched_table(run, [["conv2"], ["logits", "conv4"]], epoch=1, draws=2, data=data, cache=False)
+    pd.testing.assert_frame_equal(fresh, t)         # same seed, same masks; layer order does not matter
+    monkeypatch.setattr(rc, "evaluate", lambda *a, **k: pytest.fail("recomputed a cached control"))
+    pd.testing.assert_frame_equal(rc.matched_table(run, ["conv2", "conv4+logits"], epoch=1, draws=2, data=data), t)
+    means = rc.matched_means(t)
+    assert means.loc["conv2", "acc_test"] == pytest.approx(t["acc_test"].iloc[:2].mean())
+    with pytest.raises(rw.RewindError, match="rewindable layers: conv1"):
+        rc.matched_table(run, ["fc7"], epoch=1, data=data)
+
+
+def test_selectivity_arithmetic():
+    # memorization drop / clean drop, a clean drop below one example of 100 counting as one.
+    got = rc.selectivity([0.3, 0.3, 0.3, -0.1, np.nan], [0.1, 0.0, -0.05, 0.2, 0.1], 100)
+    np.testing.assert_allclose(got[:4], [3.0, 30.0, 30.0, -0.5])
+    assert math.isnan(got[4])
+
+
+def test_controls_and_maini_test(run, data):
+    table = rw.rewind_table(run, epochs=rw.default_epochs(run), data=data)
+    g = rw.gap_table(table, run)
+    matched = rc.matched_table(run, list(g["rewound"]), data=data, draws=2)
+    control = rc.control_table(table, run, matched)
+    full = control[(control["mode"] == "cumulative") & (control["layer"] == "conv1")].iloc[0]
+    # Count = every parameter: the control is the checkpoint, whatever the draw.
+    assert full["param_share"] == 1.0 and full["acc_test_matched"] == full["acc_test"]
+    assert full["gap_recovered_matched"] == pytest.approx(full["gap_recovered"]) == pytest.approx(1.0)
+    ref = rw.reference(run)
+    m = run.metrics.set_index("epoch")
+    n_unp = round(run.meta["n_train"] * (1 - run.meta["eps_effective"]))
+    row = control[(control["mode"] == "single") & (control["layer"] == "conv3")].iloc[0]
+    single = table[(table["epoch"] == 2) & (table["mode"] == "single") & (table["layer"] == "conv3")].iloc[0]
+    mem_drop = ref["final_memorization"] - single["acc_permuted_train"]
+    clean_drop = ref["final_unpermuted"] - single["acc_unpermuted"]
+    assert row["selectivity"] == pytest.approx(mem_drop / max(clean_drop, 1 / n_unp))
+    assert rc.checkpoint_selectivity(run) == pytest.approx(full["selectivity"])
+    mt = rc.maini_test(table, run, matched, n_final=2)
+    assert mt["final_layers"] == ["conv4", "logits"] and mt["nonfinal_layers"] == ["conv1", "conv2", "conv3"]
+    # This run forgets its permuted labels after early stopping: nothing to remove, every fraction nan.
+    assert ref["final_memorization"] < m.loc[2, "acc_permuted_train"]
+    assert math.isnan(mt["nonfinal_removed"]) and math.isnan(mt["final_removed"]) and mt["verdict"] == "not reproduced"
+    with pytest.raises(rw.RewindError, match="n_final must be between 1 and 4"):
+        rc.maini_test(table, run, matched, n_final=5)
+
+
+def test_maini_test_where_memorization_grew(run, data):
+    # Taking epoch 2 as the final model and rewinding to epoch 1: memorization grew in between.
+    table = rw.rewind_table(run, epochs=[1], final_epoch=2, data=data)
+    m = run.metrics.set_index("epoch")
+    dm = m.loc[2, "acc_permuted_train"] - m.loc[1, "acc_permuted_train"]
+    assert dm > 0
+    singles = rw.rewindable_layers(run.load_model(3))
+    matched = rc.matched_table(run, singles, epoch=1, final_epoch=2, data=data, draws=2)
+    mt = rc.maini_test(table, run, matched, epoch=1, n_final=1)
+    assert mt["final_layers"] == ["logits"]
+    per = mt["per_layer"]
+    removed = (m.loc[2, "acc_permuted_train"] - table.set_index(["mode", "layer"]).loc["single", "acc_permuted_train"]) / dm
+    np.testing.assert_allclose(per["memorization_removed"], removed.reindex(per.index))
+    nonfinal = ["conv1", "conv2", "conv3", "conv4"]
+    assert mt["nonfinal_removed"] == pytest.approx(removed[nonfinal].max())
+    assert mt["nonfinal_top"] == removed[nonfinal].idxmax()
+    assert mt["final_removed"] == pytest.approx(removed["logits"])
+    top = mt["nonfinal_top"]
+    drop = m.loc[2, "acc_permuted_train"] - rc.matched_means(matched).loc[top, "acc_permuted_train"]
+    assert mt["nonfinal_matched"] == pytest.approx(drop / dm)
+    assert mt["nonfinal_share"] == pytest.approx(rw.param_share(run.load_model(3), [top]))
+    holds, beats = mt["nonfinal_removed"] >= 0.5, mt["nonfinal_removed"] > mt["nonfinal_matched"]
+    assert mt["verdict"] == ("reproduced" if holds and beats else "partly" if holds or beats else "not reproduced")

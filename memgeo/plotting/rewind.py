@@ -1,9 +1,11 @@
 """Figures of the rewinding section: heat maps over (layer x rewind epoch), the rewinds to one
-epoch against the final and peak references, and Maini et al.'s single-layer protocol (tables from
-`memgeo.rewind`)."""
+epoch against the final and peak references, Maini et al.'s single-layer protocol, and the
+controls: each rewind against a random rewind of as many weights, and selectivity (tables from
+`memgeo.rewind` and `memgeo.rewind_controls`)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from ..plots import figure, shared_legend
@@ -83,4 +85,72 @@ def plot_maini(table: pd.DataFrame, mark_epoch: int | None = None):
     plot_heatmaps(single, "acc_unpermuted", modes=["single"], mark_epoch=mark_epoch, axes=[axes[1]], cmap="cividis")
     axes[0].set_title("memorization: permuted examples, training labels")
     axes[1].set_title("unpermuted training examples")
+    return fig
+
+
+def _labels(rows: pd.DataFrame) -> list[str]:
+    return [f"{l}{'→' if m == 'cumulative' and r != l else ''}\n{sh:.0%}"
+            for l, m, r, sh in zip(rows["layer"], rows["mode"], rows["rewound"], rows["param_share"])]
+
+
+def plot_matched(control: pd.DataFrame, run: Run):
+    """Each rewind to the early-stopping epoch (filled; `rewind_controls.control_table`) against
+    its parameter-matched random control (hollow, mean over draws): test accuracy (top) and
+    memorization (bottom), with the final model and the checkpoint as reference lines. Tick labels
+    give the first rewound layer (→: to the output) and the share of parameters rewound."""
+    ref = reference(run)
+    fig, axes = figure(2, 1, panel_height=2.6, sharex=True)
+    x = np.arange(len(control))
+    mem = ref["final_memorization"] - control["memorization_drop"]
+    mem_matched = ref["final_memorization"] - control["memorization_drop_matched"]
+    for ax, own, matched, final, peak, what in (
+            (axes[0], control["acc_test"], control["acc_test_matched"], ref["final_test"], ref["peak_test"],
+             "test accuracy"),
+            (axes[1], mem, mem_matched, ref["final_memorization"], ref["peak_memorization"], "memorization")):
+        for mode, marker in (("single", "o"), ("cumulative", "s")):
+            sel = (control["mode"] == mode).to_numpy()
+            ax.plot(x[sel], own[sel], marker, color="tab:blue", ls="none", label=f"{mode} rewind")
+            ax.plot(x[sel], matched[sel], marker, mfc="none", color="tab:orange", ls="none",
+                    label=f"{mode}: random weights, same count")
+        ax.axhline(final, color="grey", ls=":", label="final model")
+        ax.axhline(peak, color="tab:red", ls="-.", lw=1, label="checkpoint (early stopping)")
+        ax.set_ylabel(what)
+    axes[1].set_xticks(x, _labels(control), fontsize=8)
+    axes[1].set_xlabel("rewound layer (→: to the output) and share of the parameters")
+    shared_legend(fig, axes, ncol=2)
+    return fig
+
+
+def plot_selectivity(control: pd.DataFrame, run: Run):
+    """Memorization removed against clean training accuracy lost, for each rewind to the
+    early-stopping epoch (single: circles, cumulative: squares), its matched random control
+    (hollow) and the whole checkpoint (star). Both axes in accuracy points; the right axis gives
+    the memorization drop as a fraction of the checkpoint's. Above the diagonal a rewind removes
+    more memorization than clean accuracy."""
+    ref = reference(run)
+    m = run.metrics.set_index("epoch")
+    es = ref["peak_epoch"]
+    ck = (ref["final_unpermuted"] - float(m.loc[es, "acc_unpermuted"]),
+          ref["final_memorization"] - float(m.loc[es, "acc_permuted_train"]))
+    fig, ax = figure(1, 1, panel_height=3.6)
+    for mode, marker in (("single", "o"), ("cumulative", "s")):
+        t = control[control["mode"] == mode]
+        ax.plot(t["clean_drop"], t["memorization_drop"], marker, color="tab:blue", ls="none", label=f"{mode} rewind")
+        ax.plot(t["clean_drop_matched"], t["memorization_drop_matched"], marker, mfc="none", color="tab:orange",
+                ls="none", label=f"{mode}: random weights, same count")
+        for _, r in t.iterrows():
+            ax.annotate(r["layer"] + ("→" if mode == "cumulative" and r["rewound"] != r["layer"] else ""),
+                        (r["clean_drop"], r["memorization_drop"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.plot(*ck, "*", ms=12, color="tab:red", ls="none", label=f"whole checkpoint (epoch {es})")
+    vals = pd.concat([control[c] for c in ("clean_drop", "memorization_drop", "clean_drop_matched",
+                                          "memorization_drop_matched")]).dropna()
+    lo, hi = min(vals.min(), *ck, 0.0), max(vals.max(), *ck, 0.0)
+    pad = 0.05 * (hi - lo) or 0.01
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", ls=":", lw=1, label="as much as clean accuracy")
+    ax.set_xlabel("clean training accuracy lost (unpermuted examples)")
+    ax.set_ylabel("memorization removed (acc. points)")
+    if ck[1] > 0:
+        sec = ax.secondary_yaxis("right", functions=(lambda d: d / ck[1], lambda f: f * ck[1]))
+        sec.set_ylabel("fraction of the checkpoint's drop")
+    shared_legend(fig, [ax], ncol=2)
     return fig
