@@ -107,7 +107,9 @@ CLAIMS: tuple[Claim, ...] = (
              "late rewind minus a random rewind of as many parameters"))),
     Claim("maini", "(Maini et al.) The layers critical to memorization are not only the final ones", "rewind", (
         Part("maini_nonfinal_removed", ">", _c("recovered"),
-             "memorization removed by the best single non-final layer rewound alone"),)),
+             "memorization removed by the best single non-final layer rewound alone"),
+        Part("maini_nonfinal_minus_matched", ">", ZERO,
+             "that layer minus a random rewind of as many parameters"))),
     Claim("double_descent", "4. Model-wise double descent at the interpolation threshold", "double_descent", (
         Part("dd_peak_minus_widest", ">", ZERO,
              "test error at the interpolation threshold minus the widest model's (paired)"),

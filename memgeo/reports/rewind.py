@@ -167,8 +167,9 @@ def rewind_stats(s: dict, late_row: pd.Series, mt: dict) -> dict[str, float]:
       (`rewind_controls.selectivity`);
     - maini_nonfinal_removed: the largest fraction of memorization removed by one non-final layer
       rewound alone to early stopping; maini_nonfinal_matched: its matched control's fraction;
-    - maini_final_removed: the largest such fraction among the final layers, each alone."""
-    return {"rewind_late_fraction": float(s["late_best_fraction"]),
+    - maini_final_removed: the largest such fraction among the final layers, each alone;
+    - rewind_late_minus_matched, maini_nonfinal_minus_matched: each against its control."""
+    out = {"rewind_late_fraction": float(s["late_best_fraction"]),
             "rewind_early_fraction": float(s["early_best_fraction"]),
             "rewind_matched_fraction": float(late_row["gap_recovered_matched"]),
             "rewind_late_param_share": float(s["late_best_param_share"]),
@@ -176,6 +177,9 @@ def rewind_stats(s: dict, late_row: pd.Series, mt: dict) -> dict[str, float]:
             "maini_nonfinal_removed": float(mt["nonfinal_removed"]),
             "maini_nonfinal_matched": float(mt["nonfinal_matched"]),
             "maini_final_removed": float(mt["final_removed"])}
+    out["rewind_late_minus_matched"] = out["rewind_late_fraction"] - out["rewind_matched_fraction"]
+    out["maini_nonfinal_minus_matched"] = out["maini_nonfinal_removed"] - out["maini_nonfinal_matched"]
+    return out
 
 
 def control_glue(s: dict, late: pd.Series, params: pd.DataFrame, se_gap: float, ck_sel: float,
