@@ -78,8 +78,8 @@ def test_every_claim_reaches_each_outcome():
 
 
 def test_missing_statistic_is_inconclusive_and_counted():
-    t = C.part_table(_stats(), TH, [C.BY_KEY["maini"]])
-    assert t["n"].tolist() == [0] and t["verdict"].tolist() == [C.INCONCLUSIVE]
+    t = C.part_table(_stats(maini_nonfinal_removed=[0.9, 0.95, float("nan")]), TH, [C.BY_KEY["maini"]])
+    assert t["n"].tolist() == [2, 0] and t["verdict"].tolist() == [C.INCONCLUSIVE] * 2
 
 
 def test_thresholds_come_from_the_config():
@@ -92,12 +92,12 @@ def test_thresholds_come_from_the_config():
 
 
 def test_claim_table_one_row_per_claim_with_seeds_interval_and_threshold():
-    s = _stats(maini_nonfinal_removed=[0.8, 0.85, 0.9])
+    s = _stats(maini_nonfinal_removed=[0.8, 0.85, 0.9], maini_nonfinal_minus_matched=[0.3, 0.35, 0.4])
     parts = C.part_table(s, TH)
     table = C.claim_table(parts)
     assert len(table) == len(C.CLAIMS)
     row = table.set_index("section").loc["rewind"].iloc[-1]
-    assert row["seeds"] == 3 and row["threshold"] == "> 0.5" and row["verdict"] == C.REPRODUCED
+    assert row["seeds"] == 3 and row["threshold"] == "> 0.5; > 0" and row["verdict"] == C.REPRODUCED
     assert "0.85 [0.726, 0.974]" in row["measured (mean [95% CI])"]
 
 

@@ -69,3 +69,48 @@ def test_threshold_and_peak_report():
     mono = t.assign(test_error=[0.7, 0.6, 0.55, 0.5, 0.45])
     assert peak_report(mono, 4)["local_peak_width"] is None
     assert interpolation_threshold(t.assign(train_error=0.3)) is None
+
+
+def _long(errors: dict, train=None):
+    """A sweep over seeds: errors[width] = test errors of seeds 0, 1, 2."""
+    rows = []
+    for w, errs in errors.items():
+        for s, e in enumerate(errs):
+            rows.append({"width": w, "seed": s, "parameters": 100 * w, "test_error": e,
+                         "train_error": (train or {}).get(w, 0.0)})
+    return pd.DataFrame(rows)
+
+
+def test_width_summary_interval_and_fit():
+    from memgeo.sweep import width_summary
+    t = width_summary(_long({1: [0.5, 0.6, 0.7], 2: [0.4, 0.4, 0.4]}, train={1: 0.2, 2: 0.0}))
+    assert t["test_error"].tolist() == pytest.approx([0.6, 0.4])
+    # sd 0.1, t(0.975, 2) = 4.3027: half-width 0.2484
+    assert t["test_lo"].iloc[0] == pytest.approx(0.6 - 0.24841, abs=1e-4)
+    assert t["fits"].tolist() == [False, True] and t["seeds"].tolist() == [3, 3]
+
+
+def test_neighbour_differences_are_paired_by_seed():
+    from memgeo.sweep import neighbour_differences
+    # seeds differ a lot between each other, but width 4 is worse than width 2 by exactly 0.05 in every seed
+    long = _long({2: [0.3, 0.5, 0.7], 4: [0.35, 0.55, 0.75], 8: [0.3, 0.5, 0.7]})
+    d = neighbour_differences(long)
+    assert d[["narrower", "wider"]].values.tolist() == [[2, 4], [4, 8]]
+    assert d["difference"].tolist() == pytest.approx([0.05, -0.05])
+    assert d["lo"].iloc[0] == pytest.approx(0.05) and d["reading"].tolist() == ["wider worse", "wider better"]
+
+
+def test_peak_stats_at_the_threshold_chosen_from_train_error():
+    from memgeo.sweep import peak_stats, threshold_over_seeds
+    long = _long({1: [0.6, 0.62, 0.61], 2: [0.55, 0.56, 0.54], 4: [0.65, 0.66, 0.64], 8: [0.5, 0.52, 0.51]},
+                 train={1: 0.3, 2: 0.1, 4: 0.0, 8: 0.0})
+    thr = threshold_over_seeds(long, tol=0.01)
+    assert thr == 4
+    s = peak_stats(long, thr)
+    assert s["dd_peak_minus_widest"].tolist() == pytest.approx([0.15, 0.14, 0.13])
+    assert s["dd_peak_minus_narrower"].tolist() == pytest.approx([0.10, 0.10, 0.10])   # best narrower: width 2
+    assert (s["dd_best_narrower"] == 2).all()
+    none = peak_stats(long, None)
+    assert none["dd_peak_minus_widest"].isna().all() and none["dd_peak_minus_narrower"].isna().all()
+    narrowest = peak_stats(long, 1)
+    assert narrowest["dd_peak_minus_narrower"].isna().all() and narrowest["dd_peak_minus_widest"].notna().all()

@@ -7,13 +7,21 @@ import pandas as pd
 from ..plots import TYPE_COLORS, figure, shared_legend
 
 
-def plot_errors(table: pd.DataFrame, threshold):
-    """Train error (against the training labels), final and best test error against width, with
-    the interpolation threshold (None: no width reaches it)."""
+def plot_errors(long: pd.DataFrame, widths: pd.DataFrame, threshold):
+    """Train error (against the training labels) and final test error (whole test split) against
+    width: every seed as a faint line, the mean over seeds with its 95 % interval as a band, and
+    the interpolation threshold (None: no width reaches it). `long`, `widths`: from
+    `sweep.sweep_table` over seeds and `sweep.width_summary`."""
     fig, ax = figure(1, 1, height=3.6)
-    ax.plot(table["width"], table["train_error"], "o-", label="train error (vs training labels)")
-    ax.plot(table["width"], table["test_error"], "o-", label="test error (end of training)")
-    ax.plot(table["width"], table["best_test_error"], "o:", color="gray", label="test error (best epoch)")
+    for seed, d in long.groupby("seed"):
+        d = d.sort_values("width")
+        ax.plot(d["width"], d["train_error"], "-", color="C0", alpha=0.3, lw=0.8)
+        ax.plot(d["width"], d["test_error"], "-", color="C1", alpha=0.3, lw=0.8)
+    ax.plot(widths["width"], widths["train_error"], "o-", color="C0", label="train error (vs training labels), mean")
+    ax.plot(widths["width"], widths["test_error"], "o-", color="C1", label="test error (end of training), mean")
+    ax.fill_between(widths["width"], widths["test_lo"], widths["test_hi"], color="C1", alpha=0.2,
+                    label="test error, 95 % interval over seeds")
+    table = widths
     if threshold is not None:
         ax.axvline(threshold, color="k", ls="--", lw=1, label=f"interpolation threshold (width {threshold})")
     ax.set_xscale("log", base=2)
@@ -45,4 +53,19 @@ def plot_geometry(geo: pd.DataFrame, threshold):
     for ax in axes[1]:
         ax.set_xlabel("width")
     shared_legend(fig, axes, ncol=4)
+    return fig
+
+
+def plot_neighbours(neighbours: pd.DataFrame):
+    """Paired difference of test error between neighbouring widths (wider minus narrower), mean
+    over seeds with its 95 % interval (`sweep.neighbour_differences`): above 0, the wider is worse."""
+    fig, ax = figure(1, 1, height=3.0)
+    x = range(len(neighbours))
+    mean = neighbours["difference"]
+    ax.errorbar(list(x), mean, yerr=[mean - neighbours["lo"], neighbours["hi"] - mean], fmt="o", capsize=3)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels([f"{a}\u2192{b}" for a, b in zip(neighbours["narrower"], neighbours["wider"])])
+    ax.set_xlabel("widths compared (narrower \u2192 wider)")
+    ax.set_ylabel("test error difference")
     return fig

@@ -62,3 +62,22 @@ def linked(claims: pd.DataFrame) -> pd.DataFrame:
     """The claim table with each section name a link to its page (for HTML)."""
     return claims.assign(section=claims["section"].map(
         lambda s: f'<a href="{s}.html">{s.replace("_", " ")}</a>'))
+
+
+def section_glue(parts: pd.DataFrame) -> dict:
+    """Glue of a section's claims over seeds: `v_<claim>` (the verdict) and, per statistic,
+    `<statistic>_mean`, `_lo`, `_hi` and `_n`."""
+    g = {}
+    for r in parts.itertuples():
+        g[f"v_{r.claim}"] = r.verdict
+        g[f"{r.statistic}_mean"], g[f"{r.statistic}_lo"], g[f"{r.statistic}_hi"] = r.mean, r.lo, r.hi
+        g[f"{r.statistic}_n"] = int(r.n)
+    return g
+
+
+def parts_display(parts: pd.DataFrame) -> pd.DataFrame:
+    """A section's parts as the page shows them: one row per part."""
+    t = parts.rename(columns={"label": "statistic (per seed)", "n": "seeds", "lo": "95% CI low", "hi": "95% CI high",
+                              "part_verdict": "part", "verdict": "claim verdict"})
+    return t[["claim", "statistic (per seed)", "seeds", "mean", "95% CI low", "95% CI high", "rule", "part",
+              "claim verdict"]].round(4)

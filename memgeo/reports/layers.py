@@ -43,15 +43,20 @@ def layers_report(p: Preset, progress: bool = True) -> Report:
     v = layer_claims(summary, mem["early_stop"], max(analysed), th)
     g.update({f"v_{k}": val for k, val in v.items()})
     g["change_threshold"] = th.change
+    nan = float("nan")
+    g.setdefault("v_perm_readout", nan)
+    g.setdefault("v_rest_readout", nan)
+    # this seed's ratios (end / early stop); the verdicts are decided over seeds (memgeo.claims)
     claim_table = pd.DataFrame([
-        {"claim": "permuted capacity rises late, only in deep layers", "last layer (end / early stop)": v["perm_last"],
-         "first third": v["perm_first"], "verdict": v["verdict1"]},
-        {"claim": "restored capacity falls in the last layers, holds early", "last layer (end / early stop)": v["rest_last"],
-         "first third": v["rest_first"], "verdict": v["verdict2"]},
-        {"claim": "carried by radius and dimension (permuted, last layer)",
-         "last layer (end / early stop)": f"R x{v['radius_last']:.2f}, D x{v['dimension_last']:.2f}",
-         "first third": "", "verdict": v["verdict3"]},
-    ])
+        {"quantity": "permuted capacity", "last hidden layer": v["perm_last"], "first third": v["perm_first"],
+         "read-out (not judged)": v.get("perm_readout", nan)},
+        {"quantity": "restored capacity", "last hidden layer": v["rest_last"], "first third": v["rest_first"],
+         "read-out (not judged)": v.get("rest_readout", nan)},
+        {"quantity": "permuted radius", "last hidden layer": v["radius_last"], "first third": nan,
+         "read-out (not judged)": nan},
+        {"quantity": "permuted dimension", "last hidden layer": v["dimension_last"], "first third": nan,
+         "read-out (not judged)": nan},
+    ]).set_index("quantity")
 
     c1 = first_learning(summary, metrics, mem["early_stop"], th)
     claims = {
