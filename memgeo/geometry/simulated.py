@@ -108,11 +108,12 @@ def is_separable(X, y) -> bool:
 
 
 def span_coordinates(manifolds, center: bool, remove_center_subspace: bool, seed: int,
-                     backend="auto"):
+                     backend="auto", n_searches: int = 1):
     """(Y, labels, P): all points (rows of Y, float64) in an orthonormal basis of their span,
     scaled to max |entry| 1, after subtracting the global mean of all points (``center``) and
     projecting out the low-rank center subspace (``remove_center_subspace``, the search of
-    :func:`memgeo.geometry.centers.find_center_subspace` with ``seed`` and ``backend``);
+    :func:`memgeo.geometry.centers.find_center_subspace` with ``seed``, ``backend`` and
+    ``n_searches``);
     labels: the manifold of each row. The law of a Gaussian projection of the points depends
     only on Y."""
     ms = [np.asarray(as_array(m), np.float64) for m in validate_manifolds(manifolds)]
@@ -125,7 +126,8 @@ def span_coordinates(manifolds, center: bool, remove_center_subspace: bool, seed
         Z = Z - Z.mean(axis=0, keepdims=True)
     if remove_center_subspace:
         C = np.stack([Z[labels == i].mean(axis=0) for i in range(len(ms))])
-        Z = project_out(Z, find_center_subspace(C, seed=seed, backend=backend).basis)
+        Z = project_out(Z, find_center_subspace(C, seed=seed, backend=backend,
+                                                n_searches=n_searches).basis)
     # coordinates in an orthonormal basis of the span (the law of a Gaussian projection only
     # depends on them); memory (sum M_i) x min(N, sum M_i)
     Z /= max(float(np.max(np.abs(Z))), 1e-300)
@@ -202,7 +204,8 @@ def _crossing(sorted_n: np.ndarray, q: float) -> float:
 
 def simulated_capacity(manifolds, *, n_dichotomies: int = 24, seed: int = 0,
                        center: bool = True, remove_center_subspace: bool = False,
-                       level: float = 0.95, backend="auto") -> SimulatedCapacity:
+                       level: float = 0.95, backend="auto",
+                       n_searches: int = 1) -> SimulatedCapacity:
     """Simulated capacity P / n_c of P manifolds (list of (M_i, N) arrays).
 
     For each of ``n_dichotomies`` random dichotomies (labels +-1 per manifold) and nested
@@ -212,13 +215,14 @@ def simulated_capacity(manifolds, *, n_dichotomies: int = 24, seed: int = 0,
     ``capacity_err`` is half the 68 % interval. ``center`` subtracts the global mean (as the
     mean-field analysis does); ``remove_center_subspace`` also projects out the low-rank center
     subspace that :func:`memgeo.geometry.analyze` removes (``backend``: the center search's
-    code, :mod:`memgeo.geometry.backend`).
+    code, :mod:`memgeo.geometry.backend`; ``n_searches``: whole center searches, the best kept;
+    pass analyze the same ``seed`` and ``n_searches`` so that both remove the same subspace).
     """
     from scipy import stats
     if int(n_dichotomies) < 2:
         raise ValueError("n_dichotomies must be >= 2")
     Y, labels, P = span_coordinates(manifolds, center, remove_center_subspace, seed,
-                                     backend)
+                                     backend, n_searches)
     rng = np.random.default_rng([3, int(seed)])
     ns = np.array([critical_n(Y, labels, P, rng) for _ in range(int(n_dichotomies))])
     srt = np.sort(ns)
