@@ -134,6 +134,8 @@ def geometry_cache(run: Run, probe: ProbeConfig) -> ResultCache:
 SIM_TABLE_VERSION = 2
 # Layers whose features do not change in training: analysed at the first epoch only.
 STATIC_LAYERS = ("input",)
+# A simulated-check row counts when its layer has at least this many times P / alpha features.
+SIM_FEATURE_MARGIN = 2.0
 
 
 def simulated_cache(run: Run, probe: ProbeConfig) -> ResultCache:
@@ -279,7 +281,7 @@ def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("t
     return df[keep].sort_values(["epoch", "depth", "type"]).reset_index(drop=True)
 
 
-def sim_rows(sim: pd.DataFrame, P: int, feature_margin: float = 2.0,
+def sim_rows(sim: pd.DataFrame, P: int, feature_margin: float = SIM_FEATURE_MARGIN,
              static_layers=STATIC_LAYERS) -> pd.DataFrame:
     """The simulated check's rows with the signed relative deviation (simulated - mean-field) /
     mean-field and whether each row counts (``retained``, and ``excluded`` saying why not).
@@ -309,9 +311,9 @@ def sim_rows(sim: pd.DataFrame, P: int, feature_margin: float = 2.0,
 
 def synthetic_control(M: int, Ps=(10, 50, 100), *, radius: float = 1.0, n_t: int = 200,
                       seed: int = 0, root=None) -> pd.DataFrame:
-    """The finite-P control of :mod:`memgeo.geometry.finite_p` (Gaussian clouds at the probe's
+    """The finite-P control of :func:`memgeo.geometry.simulated.finite_p_control` (Gaussian clouds at the probe's
     M, P = 10, 50, 100), computed once and kept in the result cache (runs/cache/sim_control/)."""
-    from .geometry.finite_p import finite_p_control
+    from .geometry.simulated import finite_p_control
     settings = {"M": int(M), "Ps": [int(p) for p in Ps], "radius": float(radius), "n_t": int(n_t),
                 "n_searches": CENTER_SEARCHES}
     return cached_table("sim_control", settings,
