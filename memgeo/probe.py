@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .cache import ResultCache
+from .cache import ResultCache, cached_table
 from .config import ConfigError, ProbeConfig
 from .data import LabelledData, derived_seed
 from .geometry import ENGINE_VERSION, RandomProjection, analyze
+from .geometry.centers import CENTER_SEARCHES
 from .models import BlockNet
 from .runs import Run
 
@@ -128,9 +129,19 @@ def geometry_cache(run: Run, probe: ProbeConfig) -> ResultCache:
                               seed=run.config.seed, version=ENGINE_VERSION)
 
 
+# Version of the simulated check's table (2: center correlations, features and rank per row,
+# the input layer once, the best of CENTER_SEARCHES center searches).
+SIM_TABLE_VERSION = 2
+# Layers whose features do not change in training: analysed at the first epoch only.
+STATIC_LAYERS = ("input",)
+# A simulated-check row counts when its layer has at least this many times P / alpha features.
+SIM_FEATURE_MARGIN = 2.0
+
+
 def simulated_cache(run: Run, probe: ProbeConfig) -> ResultCache:
     """The cache entry of the simulated-capacity check (mean-field capacity at kappa = 0 beside it)."""
     settings = {k: getattr(probe, k) for k in ("P", "M", "n_t", "proj_dim", "sim_dichotomies")}
+    settings.update(n_searches=CENTER_SEARCHES, table=SIM_TABLE_VERSION)
     return ResultCache.of_run(run, "simulated", settings, seed=run.config.seed, version=ENGINE_VERSION)
 
 
@@ -227,7 +238,10 @@ def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("t
     """Simulated capacity (random projections, random dichotomies, exact separability) next to the
     mean-field capacity of the same manifolds, for the paper's Fig. 1B check. Cached like the
     geometry. Both see the same data: global mean removed and the low-rank center subspace
-    projected out, as the mean-field analysis does."""
+    projected out (the best of ``CENTER_SEARCHES`` searches, the same in both), as the
+    mean-field analysis does. A layer of ``STATIC_LAYERS`` (the input) is the same at every
+    epoch: it is analysed once, at the first epoch. Rows also hold the center correlation before
+    and after the removal, the layer's features N and the rank of the points."""
     from .geometry import simulated_capacity
     seed = run.config.seed
     cache = simulated_cache(run, probe)
@@ -235,7 +249,9 @@ def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("t
     mset = sample_manifolds(data, probe.P, probe.M, seed, TYPES)
     pr = Probe(probe.proj_dim, seed)
     names = run.meta["layers"] if layers is None else list(layers)
-    wanted = [(epoch, layer, kind) for epoch in epochs for layer in names for kind in types]
+    epochs = sorted(epochs)
+    wanted = [(epoch, layer, kind) for epoch in epochs for layer in names for kind in types
+              if layer not in STATIC_LAYERS or epoch == epochs[0]]
     jobs = cache.missing("table", wanted, CHUNK)
     df = cache.read("table")
     bar = None
@@ -247,17 +263,75 @@ def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("t
         if epoch != model_epoch:
             model, model_epoch = run.load_model(epoch, device), epoch
         feats = pr.features(model, data, mset, kind, layer)
-        mf = analyze(feats, kappa=0.0, n_t=probe.n_t, seed=seed)
-        sim = simulated_capacity(feats, n_dichotomies=probe.sim_dichotomies, seed=seed, remove_center_subspace=True)
+        mf = analyze(feats, kappa=0.0, n_t=probe.n_t, seed=seed, n_searches=CENTER_SEARCHES)
+        sim = simulated_capacity(feats, n_dichotomies=probe.sim_dichotomies, seed=seed,
+                                 remove_center_subspace=True, n_searches=CENTER_SEARCHES)
         row = {"epoch": epoch, "layer": layer, "depth": model.layer_names.index(layer), "type": kind,
                "capacity_meanfield": mf.capacity, "capacity_simulated": sim.capacity,
-               "capacity_simulated_err": sim.capacity_err}
+               "capacity_simulated_err": sim.capacity_err, "center_correlation": mf.center_correlation,
+               "residual_correlation": mf.residual_correlation, "K": mf.K,
+               "features": feats[0].shape[1], "rank": sim.rank, "n_c": sim.n_c}
         df = cache.add("table", pd.DataFrame([row]), CHUNK)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    keep = df["epoch"].isin(list(epochs)) & df["type"].isin(list(types))
-    if layers is not None:
-        keep &= df["layer"].isin(list(layers))
+    keep = df["epoch"].isin(epochs) & df["type"].isin(list(types)) & df["layer"].isin(names)
+    keep &= ~df["layer"].isin(list(STATIC_LAYERS)) | (df["epoch"] == epochs[0])
     return df[keep].sort_values(["epoch", "depth", "type"]).reset_index(drop=True)
+
+
+def sim_rows(sim: pd.DataFrame, P: int, feature_margin: float = SIM_FEATURE_MARGIN,
+             static_layers=STATIC_LAYERS) -> pd.DataFrame:
+    """The simulated check's rows with the signed relative deviation (simulated - mean-field) /
+    mean-field and whether each row counts (``retained``, and ``excluded`` saying why not).
+
+    Rules: (1) the simulated capacity is P / n_c, n_c the number of random features at which half
+    the dichotomies separate, and a projection of an N-feature layer has at most N features: n_c
+    can be found only if N is well above the P / alpha that the mean-field capacity alpha
+    predicts. A row counts when N >= ``feature_margin`` x P / alpha (2: the upper half of the
+    dichotomies' critical n also lies inside N). As alpha <= 2 at kappa = 0, this needs N >= P,
+    so the logits (N = number of classes = P) never count. (2) Each distinct layer/epoch counts
+    once: a layer of ``static_layers`` (the input, which training does not change) only at its
+    first epoch."""
+    out = sim.copy()
+    if out.empty:
+        return out.assign(deviation=[], retained=[], excluded=[])
+    mf = out["capacity_meanfield"]
+    out["deviation"] = (out["capacity_simulated"] - mf) / mf
+    needed = feature_margin * P / mf
+    few = out["features"] < needed
+    first = out.groupby(["layer", "type"])["epoch"].transform("min")
+    repeat = out["layer"].isin(list(static_layers)) & (out["epoch"] != first)
+    out["retained"] = ~few & ~repeat
+    out["excluded"] = np.where(repeat, "repeat of an unchanged layer",
+                               np.where(few, f"features < {feature_margin:g} P / alpha", ""))
+    return out
+
+
+def synthetic_control(M: int, Ps=(10, 50, 100), *, radius: float = 1.0, n_t: int = 200,
+                      seed: int = 0, root=None) -> pd.DataFrame:
+    """The finite-P control of :func:`memgeo.geometry.simulated.finite_p_control` (Gaussian clouds at the probe's
+    M, P = 10, 50, 100), computed once and kept in the result cache (runs/cache/sim_control/)."""
+    from .geometry.simulated import finite_p_control
+    settings = {"M": int(M), "Ps": [int(p) for p in Ps], "radius": float(radius), "n_t": int(n_t),
+                "n_searches": CENTER_SEARCHES}
+    return cached_table("sim_control", settings,
+                        lambda: pd.DataFrame(finite_p_control(M, Ps, radius=radius, n_t=n_t, seed=seed)),
+                        seed=seed, version=ENGINE_VERSION, root=root)
+
+
+def sim_statistics(rows: pd.DataFrame, control: pd.DataFrame) -> dict[str, float]:
+    """The numbers the Fig. 1B verdict is decided on: ``sim_median_abs_dev`` and
+    ``sim_signed_median_dev`` (median |deviation| and median deviation over the retained rows of
+    :func:`sim_rows`), ``sim_n_rows`` (how many), and ``sim_control_p<P>`` (the synthetic
+    control's median |deviation| over its draws at P manifolds); nan when undefined."""
+    kept = rows[rows["retained"]] if len(rows) else rows
+    dev = kept["deviation"].to_numpy(float) if len(kept) else np.zeros(0)
+    out = {"sim_median_abs_dev": float(np.median(np.abs(dev))) if dev.size else float("nan"),
+           "sim_signed_median_dev": float(np.median(dev)) if dev.size else float("nan"),
+           "sim_n_rows": float(dev.size)}
+    for P in (10, 50, 100):
+        d = control.loc[control["P"] == P, "deviation"].to_numpy(float) if len(control) else np.zeros(0)
+        out[f"sim_control_p{P}"] = float(np.median(np.abs(d))) if d.size else float("nan")
+    return out

@@ -94,3 +94,22 @@ def test_simulated_matches_mean_field(kind):
     assert z < 3.0
     if kind == "segments":                                   # and both near the exact value
         assert mf.capacity == pytest.approx(alpha_segment(1.0), rel=0.03)
+
+
+def test_finite_p_control_gap_shrinks_with_P():
+    # Gaussian clouds around random centers at fixed M: the median |(simulated - mean-field) /
+    # mean-field| over the draws falls from P = 10 (five draws) to P = 100 (one draw), seed 0.
+    from memgeo.geometry.simulated import finite_p_control, gaussian_clouds
+    ms = gaussian_clouds(10, 8, seed=0)
+    assert len(ms) == 10 and ms[0].shape == (8, 100)
+    rows = finite_p_control(8, (10, 100), n_t=200, dichotomies={10: 12, 100: 6}, seed=0)
+    assert [r["P"] for r in rows] == [10] * 5 + [100]
+    med = {P: np.median([abs(r["deviation"]) for r in rows if r["P"] == P]) for P in (10, 100)}
+    # (0.075 and 0.01-0.02: the P = 100 value moves with BLAS threads' rounding of the exact tests)
+    assert med[10] == pytest.approx(0.0747, abs=0.01) and med[100] < 0.03
+    assert med[100] < 0.5 * med[10]
+    # residual center correlation: near the 1 / (P - 1) floor of random centers
+    assert np.mean([r["residual_correlation"] for r in rows if r["P"] == 10]) > 0.12
+    assert [r["residual_correlation"] for r in rows if r["P"] == 100][0] < 0.04
+    with pytest.raises(ValueError, match="radius > 0"):
+        gaussian_clouds(10, 8, radius=0.0)

@@ -18,7 +18,7 @@ def test_every_figure_draws_from_its_report(smoke_reports):
         layers.manifold_examples(lt["data"], lt["manifolds"]),
         layers.accuracy_curves(lt["metrics"], r["layers"]["early_stop"]),
         layers.geometry_vs_layer(lt["summary"], "capacity", r["layers"]["early_stop"], logy=True),
-        layers.simulated_vs_meanfield(lt["sim"]),
+        layers.simulated_vs_meanfield(lt["sim"], lt["sim_control"]),
         rewind.plot_heatmaps(rt["table"], "acc_test", mark_epoch=es),
         rewind.plot_at_epoch(rt["table"], r["rewind"].run, es),
         rewind.plot_maini(rt["table"], mark_epoch=es),

@@ -122,3 +122,31 @@ def test_cached_geometry_is_keyed_by_settings_seed_and_engine_version(tmp_path):
     assert a.key != geometry_cache(run, ProbeConfig(M=49)).key
     assert a.key == geometry_cache(run, ProbeConfig(max_epochs=3, sim_dichotomies=7)).key   # not in the numbers
     assert a.folder == tmp_path / "geometry" / a.key
+
+
+def test_sim_rows_drop_logits_and_repeated_input_and_give_the_statistics():
+    import pandas as pd
+
+    from memgeo.probe import sim_rows, sim_statistics
+    sim = pd.DataFrame({
+        "epoch": [0, 0, 0, 5, 5, 5, 9, 9, 9], "layer": ["input", "conv1", "logits"] * 3,
+        "depth": [0, 1, 2] * 3, "type": ["test"] * 9,
+        "capacity_meanfield": [0.05, 0.06, 0.5, 0.05, 0.08, 1.0, 0.05, 0.10, 1.5],
+        "capacity_simulated": [0.045, 0.051, 0.0, 0.045, 0.072, 0.0, 0.045, 0.095, 0.0],
+        "features": [3072, 2048, 10] * 3})
+    rows = sim_rows(sim, P=10)
+    # logits: 10 features < 2 x 10 / alpha for every alpha < 2; input: only at epoch 0
+    assert rows["retained"].tolist() == [True, True, False, False, True, False, False, True, False]
+    assert rows.loc[3, "excluded"] == "repeat of an unchanged layer"
+    assert rows.loc[2, "excluded"].startswith("features <")
+    # a layer with too few features for its capacity: N = 300 < 2 x 10 / 0.05 = 400
+    assert not sim_rows(sim.assign(features=300), P=10)["retained"].iloc[0]
+    control = pd.DataFrame({"P": [10, 10, 10, 50, 100], "deviation": [-0.2, -0.1, -0.15, 0.01, -0.04]})
+    st = sim_statistics(rows, control)
+    # retained deviations: -0.1, -0.15, -0.1, -0.05
+    assert st["sim_n_rows"] == 4
+    assert st["sim_median_abs_dev"] == pytest.approx(0.1)
+    assert st["sim_signed_median_dev"] == pytest.approx(-0.1)
+    assert (st["sim_control_p10"], st["sim_control_p50"], st["sim_control_p100"]) == pytest.approx((0.15, 0.01, 0.04))
+    assert set(st) == {"sim_median_abs_dev", "sim_signed_median_dev", "sim_n_rows", "sim_control_p10",
+                       "sim_control_p50", "sim_control_p100"}

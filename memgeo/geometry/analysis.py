@@ -20,7 +20,8 @@ def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, dev
             return_per_t: bool = False, estimator: str = "public", solver: str = "batched",
             center_removal: bool = True, max_rank: int | None = None, min_rank: int = 1,
             n_restarts: int = 10, basis: str = "gram",
-            num_threads: int | None = None, backend: str = "auto") -> GeometryResult:
+            num_threads: int | None = None, backend: str = "auto",
+            n_searches: int = 1) -> GeometryResult:
     """Mean-field manifold analysis of P manifolds (list of (M_i, N) arrays, numpy or torch).
 
     Parameters
@@ -35,6 +36,9 @@ def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, dev
     solver : "batched" (default) or "cvxopt" (oracle: one QP per T, same preprocessing and T).
     center_removal : remove the low-rank center subspace (K >= min_rank when P >= 3).
     max_rank, min_rank, n_restarts : limits of the K search (min_rank=0 lets K = 0 compete).
+    n_searches : whole K searches, the one with the lowest residual center correlation kept
+        (:func:`~memgeo.geometry.centers.find_center_subspace`; 1 keeps ENGINE_VERSION's numbers,
+        :data:`~memgeo.geometry.centers.CENTER_SEARCHES` is steadier at small P).
     basis : "gram" (default) or "qr" manifold coordinates (same law of every statistic).
     num_threads : CPU threads for the call (default: the CPUs this process may use). The
         per-manifold work (centers, Gram matrices, eigendecompositions, T, the per-T solves on
@@ -76,7 +80,7 @@ def analyze(manifolds, *, kappa: float = 0.0, n_t: int = 200, seed: int = 0, dev
     with outer, WorkerPool(n_workers) as pool:
         prep = begin_preprocess(manifolds, pool, center_removal=center_removal, seed=seed,
                                 max_rank=max_rank, min_rank=min_rank, n_restarts=n_restarts,
-                                basis=basis, backend=backend)
+                                basis=basis, backend=backend, n_searches=n_searches)
         groups = split_by_cost(prep.Ms.astype(np.float64) ** 2, pool.n if split else 1)
         if split:
             parts = pool.map(steps_4_5, groups)

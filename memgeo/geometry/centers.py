@@ -20,6 +20,12 @@ import numpy as np
 from .backend import compiled_kernel, resolve_backend
 from .results import CenterSubspace
 
+# Whole K searches that the simulated-capacity check (and its synthetic control) runs per
+# center-subspace search: at P = 10 one search's optimum depends on its seed (a layer's capacity
+# moved by ~15 % between analysis seeds); the best of 5 is stable. analyze() keeps 1 by
+# default (its numbers are pinned by ENGINE_VERSION).
+CENTER_SEARCHES = 5
+
 
 def mean_abs_correlation(Y: np.ndarray) -> float:
     """mean_{m != n} |cos(y_m, y_n)| of the rows of Y (zero rows count as cos = 0)."""
@@ -299,7 +305,7 @@ def stiefel_minimize(V0, X, *, max_iter=1000, gtol=1e-6, backend="auto"):
 
 def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
                          min_rank: int = 1, n_restarts: int = 10, max_iter: int = 500,
-                         gtol: float = 1e-6, backend="auto") -> CenterSubspace:
+                         gtol: float = 1e-6, backend="auto", n_searches: int = 1) -> CenterSubspace:
     """Low-rank structure of the P manifold centers (rows of ``centers``, (P, N)).
 
     Works in the r <= P-1 coordinates of the span of the centered centers. For K = ``min_rank``,
@@ -313,6 +319,14 @@ def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
     lowest mean |residual correlation| is chosen. P = 2 (r = 1) gives K = 0: nothing can be
     removed. Cost: O(n_restarts x P^2 x K) per iteration, independent of N. ``backend``: see
     :func:`stiefel_minimize`.
+
+    ``n_searches``: independent repetitions of the whole K search (search s >= 1 draws its starts
+    from the seed (seed, s); search 0 is the single search of ``n_searches=1``), keeping the one
+    whose chosen K has the lowest mean |residual correlation|. The cost landscape has several
+    optima at small P (greedy K steps from random starts end in different ones), so one search
+    depends on the seed; the best of several does much less, and never has a higher residual
+    correlation than search 0 alone. Cost: ``n_searches`` times one search (at P = 10 one search
+    takes milliseconds; it does not grow with N). See :data:`CENTER_SEARCHES`.
     """
     backend = resolve_backend(backend)
     centers = np.asarray(centers, dtype=np.float64)
@@ -333,12 +347,29 @@ def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
     kmin = max(int(min_rank), 0)
     if kmax < max(kmin, 1):
         return CenterSubspace(rho, 0, np.zeros((centers.shape[1], 0)), rho, ())
-    rng = np.random.default_rng([0, int(seed)])
+    if int(n_searches) < 1:
+        raise ValueError(f"n_searches={n_searches}: need at least one search")
+    best = None
+    for s in range(int(n_searches)):
+        rng = np.random.default_rng([0, int(seed)] if s == 0 else [0, int(seed), s])
+        found = _search(X, P, r, kmax, kmin, rho, rng, int(n_restarts), max_iter, gtol, backend)
+        if best is None or found[0] < best[0]:
+            best = found
+    _, K, V, res = best
+    if K == 0:
+        return CenterSubspace(rho, 0, np.zeros((centers.shape[1], 0)), rho, tuple(res))
+    return CenterSubspace(rho, K, lift(V), float(res[K - 1]), tuple(float(v) for v in res))
+
+
+def _search(X, P, r, kmax, kmin, rho, rng, n_restarts, max_iter, gtol, backend):
+    """One greedy K search of :func:`find_center_subspace` (K = 1, 2, ..., each started from
+    V_(K-1) and a random combination of centers). Returns (residual correlation at the chosen
+    K, K, V (r x K) or None, residual correlation per searched K)."""
     res, Vs = [], []
     V_prev = np.zeros((r, 0))
     xn = np.linalg.norm(X, axis=1)
     for K in range(1, kmax + 1):
-        nr = max(1, int(n_restarts))
+        nr = max(1, n_restarts)
         s = rng.standard_normal((nr, P))
         V0 = np.concatenate([(s @ X)[:, :, None], np.broadcast_to(V_prev, (nr, r, K - 1))],
                             axis=2)
@@ -361,9 +392,6 @@ def find_center_subspace(centers, *, seed: int = 0, max_rank: int | None = None,
         # K = 0 (no removal) competes with the searched ranks
         best_i = int(np.argmin(res))
         if rho <= res[best_i]:
-            return CenterSubspace(rho, 0, np.zeros((centers.shape[1], 0)), rho, tuple(res))
+            return rho, 0, None, res
     best_i = cand[int(np.argmin([res[i] for i in cand]))]
-    K = best_i + 1
-    basis = lift(Vs[best_i])
-    return CenterSubspace(rho, K, basis, float(res[best_i]), tuple(float(v) for v in res))
-
+    return res[best_i], best_i + 1, Vs[best_i], res

@@ -200,7 +200,7 @@ def check_centers(cnorm: np.ndarray, centers: np.ndarray, centered: np.ndarray) 
 
 def begin_preprocess(manifolds, pool: WorkerPool, *, center_removal: bool, seed: int, max_rank,
                      min_rank: int, n_restarts: int, basis: str,
-                     backend="auto") -> PreprocessState:
+                     backend="auto", n_searches: int = 1) -> PreprocessState:
     """The global steps of :func:`preprocess`: validation, centers, global centering, the
     center subspace, residual center norms, and (``basis="gram"``) each manifold's centered Gram
     matrix and its distinct points. The Gram matrices do not depend on the center subspace: the
@@ -274,7 +274,8 @@ def begin_preprocess(manifolds, pool: WorkerPool, *, center_removal: bool, seed:
     try:
         if center_removal:
             cs = find_center_subspace(C, seed=seed, max_rank=max_rank, min_rank=min_rank,
-                                      n_restarts=n_restarts, backend=backend)
+                                      n_restarts=n_restarts, backend=backend,
+                                      n_searches=n_searches)
         else:
             rho = center_correlation(C)
             cs = CenterSubspace(rho, 0, np.zeros((N, 0)), rho, ())
@@ -295,7 +296,7 @@ def begin_preprocess(manifolds, pool: WorkerPool, *, center_removal: bool, seed:
 def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
                max_rank: int | None = None, min_rank: int = 1, n_restarts: int = 10,
                basis: str = "gram", device=None, num_workers: int | None = None,
-               backend="auto") -> Preprocessed:
+               backend="auto", n_searches: int = 1) -> Preprocessed:
     """Steps 1-3 of the method: global centering, center correlation and low-rank removal,
     per-manifold normalisation, coordinates in a basis of the manifold's span, center coordinate.
 
@@ -308,14 +309,15 @@ def preprocess(manifolds, *, center_removal: bool = True, seed: int = 0,
     the convex hull nor F, anchors, R or D; D stays as if they were kept).
     Runs on the CPU in numpy (``device`` is accepted for symmetry and ignored), in
     ``num_workers`` threads (default: the usable CPUs); the result does not depend on it.
-    ``backend``: the center search's code (:mod:`memgeo.geometry.backend`).
+    ``backend``: the center search's code (:mod:`memgeo.geometry.backend`); ``n_searches``: whole
+    center searches, the best kept (:func:`~memgeo.geometry.centers.find_center_subspace`).
     """
     seed = check_seed(seed)
     backend = resolve_backend(backend)
     with WorkerPool(cpu_workers(num_workers)) as pool:
         prep = begin_preprocess(manifolds, pool, center_removal=center_removal, seed=seed,
                         max_rank=max_rank, min_rank=min_rank, n_restarts=n_restarts,
-                        basis=basis, backend=backend)
+                        basis=basis, backend=backend, n_searches=n_searches)
         groups = split_by_cost(prep.Ms.astype(np.float64) ** 2, pool.n)
         S = dict(kv for part in pool.map(prep.finish, groups) for kv in part)
     return prep.result(S)

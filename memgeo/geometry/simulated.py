@@ -20,6 +20,21 @@ mean of all points removed and, optionally, the center subspace of
 :func:`~memgeo.geometry.centers.find_center_subspace` projected out
 (:func:`~memgeo.geometry.preprocess.project_out`), as the mean-field analysis does.
 
+Synthetic control (:func:`finite_p_control`): does the gap between simulated and mean-field
+capacity shrink as the number of manifolds P grows? The replica theory is exact for many manifolds (P, N -> infinity at fixed P / N); CIFAR-10 gives
+P = 10. Here P Gaussian point clouds (M points each, the probe's M) are drawn around random unit
+centers, each in its own random D-dimensional subspace (D = M by default, like the nearly
+full-rank class manifolds of a real layer) with radius R (mean squared distance R^2 from the
+center), in N = ``ambient_per_manifold`` x P features, so that N / P is the same at every P.
+Each draw is analysed with the same mean-field code (:func:`~memgeo.geometry.analyze`) and the
+same simulated-capacity code (:func:`~memgeo.geometry.simulated_capacity`) as the real layers,
+both with the global mean and the low-rank center subspace removed. Cost: the simulation needs about n_c = P / alpha features and P M points, and each exact
+separability test grows faster than (P / alpha)^2 P M, so P = 100 dominates. At M = 50 a
+capacity like a real layer's (~0.05: n_c ~ 2000 features, 5000 points) takes far longer than
+the book's budget; R = 1 gives alpha ~ 0.25 (n_c ~ 400 at P = 100), a minute or two on one
+core with 2 dichotomies at P = 100 (the crossing sharpens as P grows, so few dichotomies
+suffice there; P = 10 gets several draws instead).
+
 Example::
 
     from memgeo.geometry import simulated_capacity
@@ -29,11 +44,12 @@ Example::
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .centers import find_center_subspace
+from .centers import CENTER_SEARCHES, find_center_subspace
 from .preprocess import project_out
 from .validation import as_array, validate_manifolds
 
@@ -108,11 +124,12 @@ def is_separable(X, y) -> bool:
 
 
 def span_coordinates(manifolds, center: bool, remove_center_subspace: bool, seed: int,
-                     backend="auto"):
+                     backend="auto", n_searches: int = 1):
     """(Y, labels, P): all points (rows of Y, float64) in an orthonormal basis of their span,
     scaled to max |entry| 1, after subtracting the global mean of all points (``center``) and
     projecting out the low-rank center subspace (``remove_center_subspace``, the search of
-    :func:`memgeo.geometry.centers.find_center_subspace` with ``seed`` and ``backend``);
+    :func:`memgeo.geometry.centers.find_center_subspace` with ``seed``, ``backend`` and
+    ``n_searches``);
     labels: the manifold of each row. The law of a Gaussian projection of the points depends
     only on Y."""
     ms = [np.asarray(as_array(m), np.float64) for m in validate_manifolds(manifolds)]
@@ -125,7 +142,8 @@ def span_coordinates(manifolds, center: bool, remove_center_subspace: bool, seed
         Z = Z - Z.mean(axis=0, keepdims=True)
     if remove_center_subspace:
         C = np.stack([Z[labels == i].mean(axis=0) for i in range(len(ms))])
-        Z = project_out(Z, find_center_subspace(C, seed=seed, backend=backend).basis)
+        Z = project_out(Z, find_center_subspace(C, seed=seed, backend=backend,
+                                                n_searches=n_searches).basis)
     # coordinates in an orthonormal basis of the span (the law of a Gaussian projection only
     # depends on them); memory (sum M_i) x min(N, sum M_i)
     Z /= max(float(np.max(np.abs(Z))), 1e-300)
@@ -202,7 +220,8 @@ def _crossing(sorted_n: np.ndarray, q: float) -> float:
 
 def simulated_capacity(manifolds, *, n_dichotomies: int = 24, seed: int = 0,
                        center: bool = True, remove_center_subspace: bool = False,
-                       level: float = 0.95, backend="auto") -> SimulatedCapacity:
+                       level: float = 0.95, backend="auto",
+                       n_searches: int = 1) -> SimulatedCapacity:
     """Simulated capacity P / n_c of P manifolds (list of (M_i, N) arrays).
 
     For each of ``n_dichotomies`` random dichotomies (labels +-1 per manifold) and nested
@@ -212,13 +231,14 @@ def simulated_capacity(manifolds, *, n_dichotomies: int = 24, seed: int = 0,
     ``capacity_err`` is half the 68 % interval. ``center`` subtracts the global mean (as the
     mean-field analysis does); ``remove_center_subspace`` also projects out the low-rank center
     subspace that :func:`memgeo.geometry.analyze` removes (``backend``: the center search's
-    code, :mod:`memgeo.geometry.backend`).
+    code, :mod:`memgeo.geometry.backend`; ``n_searches``: whole center searches, the best kept;
+    pass analyze the same ``seed`` and ``n_searches`` so that both remove the same subspace).
     """
     from scipy import stats
     if int(n_dichotomies) < 2:
         raise ValueError("n_dichotomies must be >= 2")
     Y, labels, P = span_coordinates(manifolds, center, remove_center_subspace, seed,
-                                     backend)
+                                     backend, n_searches)
     rng = np.random.default_rng([3, int(seed)])
     ns = np.array([critical_n(Y, labels, P, rng) for _ in range(int(n_dichotomies))])
     srt = np.sort(ns)
@@ -241,3 +261,69 @@ def simulated_capacity(manifolds, *, n_dichotomies: int = 24, seed: int = 0,
 
     err = 0.5 * abs(inv(n1_lo) - inv(n1_hi))
     return SimulatedCapacity(cap, inv(n_hi), inv(n_lo), err, n_c, ns, P, Y.shape[1], level)
+
+
+# ---- synthetic control of the check: the gap as P grows --------------------------------------
+
+def gaussian_clouds(P: int, M: int, *, dim: int | None = None, radius: float = 1.0,
+                    ambient_per_manifold: int = 10, seed: int = 0) -> list:
+    """P arrays (M, N): Gaussian point clouds of M points in a random ``dim``-dimensional
+    subspace (default M) around random unit centers, mean squared radius ``radius``^2, in
+    N = ``ambient_per_manifold`` x P features (at least dim + 1)."""
+    P, M = int(P), int(M)
+    D = M if dim is None else int(dim)
+    if P < 2 or M < 1 or D < 1 or not radius > 0:
+        raise ValueError(f"need P >= 2, M >= 1, dim >= 1 and radius > 0 (got P={P}, M={M}, "
+                         f"dim={D}, radius={radius})")
+    N = max(int(ambient_per_manifold) * P, D + 1)
+    rng = np.random.default_rng([5, int(seed), P, M])
+    out = []
+    for _ in range(P):
+        c = rng.standard_normal(N)
+        c /= np.linalg.norm(c)
+        U, _ = np.linalg.qr(rng.standard_normal((N, D)))
+        g = rng.standard_normal((M, D)) * (radius / np.sqrt(D))
+        out.append(c + g @ U.T)
+    return out
+
+
+def draws_for(P: int, draw_points: int = 50) -> int:
+    """Draws at P manifolds: about ``draw_points`` manifolds in all (5 at P = 10, 1 from 50)."""
+    return max(1, int(round(draw_points / int(P))))
+
+
+def finite_p_control(M: int, Ps=(10, 50, 100), *, radius: float = 1.0, dim: int | None = None,
+                     ambient_per_manifold: int = 10, n_t: int = 200,
+                     dichotomies=None, draw_points: int = 50,
+                     n_searches: int = CENTER_SEARCHES, seed: int = 0) -> list[dict]:
+    """One row per (P, draw): mean-field and simulated capacity of :func:`gaussian_clouds`, their
+    signed relative deviation (simulated - mean-field) / mean-field, the center correlation
+    before and after the center subspace is removed, and the seconds it took.
+
+    ``dichotomies``: simulated dichotomies per P (a dict P -> count, or one count for all;
+    default 12 at P <= 10, 4 up to 50, 2 above); ``draw_points``: :func:`draws_for`."""
+    from .analysis import analyze
+    rows = []
+    for P in Ps:
+        if isinstance(dichotomies, dict):
+            nd = int(dichotomies[P])
+        elif dichotomies is not None:
+            nd = int(dichotomies)
+        else:
+            nd = 12 if P <= 10 else 4 if P <= 50 else 2
+        for d in range(draws_for(P, draw_points)):
+            t0 = time.perf_counter()
+            ms = gaussian_clouds(P, M, dim=dim, radius=radius,
+                                 ambient_per_manifold=ambient_per_manifold, seed=seed * 1000 + d)
+            mf = analyze(ms, kappa=0.0, n_t=n_t, seed=seed + d, n_searches=n_searches,
+                         num_threads=1)
+            sim = simulated_capacity(ms, n_dichotomies=nd, seed=seed + d,
+                                     remove_center_subspace=True, n_searches=n_searches)
+            rows.append({"P": int(P), "draw": d, "M": int(M), "features": ms[0].shape[1],
+                         "capacity_meanfield": mf.capacity, "capacity_simulated": sim.capacity,
+                         "capacity_simulated_err": sim.capacity_err,
+                         "deviation": (sim.capacity - mf.capacity) / mf.capacity,
+                         "center_correlation": mf.center_correlation,
+                         "residual_correlation": mf.residual_correlation, "K": mf.K,
+                         "dichotomies": nd, "seconds": time.perf_counter() - t0})
+    return rows

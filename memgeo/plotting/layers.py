@@ -84,18 +84,35 @@ def geometry_vs_layer(summary: pd.DataFrame, quantity: str, early_stop: int | No
     return fig
 
 
-def simulated_vs_meanfield(df: pd.DataFrame):
-    """Fig. 1B analogue: simulated capacity (with its error) against mean-field capacity."""
-    fig, ax = figure(1, 1, width=4.8, height=4.4)
-    for kind, d in df.groupby("type"):
-        ax.errorbar(d["capacity_meanfield"], d["capacity_simulated"], yerr=d["capacity_simulated_err"],
-                    fmt="o", ms=4.5, color=TYPE_COLORS.get(kind, "k"), label=kind, alpha=0.8)
-    lo = min(df["capacity_meanfield"].min(), df["capacity_simulated"].min()) * 0.8
-    hi = max(df["capacity_meanfield"].max(), df["capacity_simulated"].max()) * 1.2
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+def simulated_vs_meanfield(df: pd.DataFrame, control: pd.DataFrame | None = None):
+    """Fig. 1B analogue, two panels. Left: simulated capacity (with its error) against mean-field
+    capacity, one point per retained distinct layer/epoch (rows of `probe.sim_rows`; rows without
+    a `retained` column all count). Right: the signed relative deviation (simulated - mean-field) /
+    mean-field against the residual center correlation (after the center subspace is removed),
+    with the synthetic control's draws (`probe.synthetic_control`, marker size growing with P)."""
+    d = df[df["retained"]] if "retained" in df else df
+    fig, (ax, ax2) = figure(1, 2, height=3.6, squeeze=True)
+    for kind, dk in d.groupby("type"):
+        ax.errorbar(dk["capacity_meanfield"], dk["capacity_simulated"], yerr=dk["capacity_simulated_err"],
+                    fmt="o", ms=4.5, color=TYPE_COLORS.get(kind, "k"), label=f"{kind} (layers)", alpha=0.8)
+        dev = (dk["capacity_simulated"] - dk["capacity_meanfield"]) / dk["capacity_meanfield"]
+        ax2.plot(dk["residual_correlation"], dev, "o", ms=4.5, color=TYPE_COLORS.get(kind, "k"), alpha=0.8)
+        for (x, y, name) in zip(dk["residual_correlation"], dev, dk["layer"]):
+            ax2.annotate(name, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    if len(d):
+        vals = pd.concat([d["capacity_meanfield"], d["capacity_simulated"]])
+        lo, hi = vals.min() * 0.8, vals.max() * 1.2
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     ax.set_xlabel("mean-field capacity")
     ax.set_ylabel("simulated capacity")
-    ax.legend()
+    if control is not None and len(control):
+        for j, (P, c) in enumerate(control.groupby("P")):
+            ax2.plot(c["residual_correlation"], c["deviation"], marker="s", ls="none", ms=3 + 1.5 * j,
+                     mfc="none", color="tab:purple", label=f"synthetic, P = {P}")
+    ax2.axhline(0.0, color="k", lw=1, ls="--")
+    ax2.set_xlabel("residual center correlation")
+    ax2.set_ylabel("(simulated - mean-field) / mean-field")
+    shared_legend(fig, [ax, ax2], ncol=3)
     return fig
