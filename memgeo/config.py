@@ -439,9 +439,9 @@ def _presets() -> dict[str, Preset]:
     return {
         "smoke": Preset(
             "smoke", smoke_run,
-            ProbeConfig(P=4, M=10, n_t=20, proj_dim=500, max_epochs=3, sim_dichotomies=10),
-            SweepConfig(widths=(1, 2, 4), analysis_M=4,
-                        run=replace(smoke_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=2,
+            ProbeConfig(P=4, M=6, n_t=20, proj_dim=500, max_epochs=3, sim_dichotomies=10),
+            SweepConfig(widths=(1, 2, 4), analysis_M=3,
+                        run=replace(smoke_run, optimizer="adam", lr=1e-3, eps=0.2, epochs=2, train_per_class=40,
                                     checkpoints="log", val_per_class=0, evaluate="checkpoints")),
             GradientConfig(n_examples=200, max_epochs=3, repeats=3, sizes=(10, 20, 40)),
             checks=ChecksConfig(n_t=2000, n_dichotomies=12), seeds=(0, 1, 2)),
