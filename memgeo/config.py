@@ -238,22 +238,19 @@ class ChecksConfig:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Every threshold a verdict uses, in one place (`memgeo.verdicts` applies them; the book
-    states each next to its verdict)."""
+    """Every threshold a claim uses, in one place (`memgeo.claims` applies them to 95 % intervals
+    over training seeds; the book states each next to its verdict)."""
 
     change: float = 0.10            # layer claims: a ratio counts as a rise (fall) above 1 + change (below 1 - change)
     fitted_gap: float = 0.2         # claim 1: unpermuted fitted this much better than permuted memorized at early stop
     recovered: float = 0.5          # rewinding: "most" of the gap recovered; Maini: "half" the memorization removed
-    late_share: float = 0.8         # Maini: the late half accounts for less than this of what single rewinds remove
-    interpolation_tol: float = 0.01 # double descent: train error that counts as fitting the noisy set
-    peak_sigmas: float = 2.0        # double descent: a peak exceeds this many standard errors of a difference
-    peak_near: float = 2.0          # double descent: a peak within this factor of the threshold is "at" it
-    gradient_small: float = 0.5     # claim 5: permuted / unpermuted ratio at initialisation called small below this
-    gradient_growth: float = 1.5    # claim 5: growth over initialisation during memorization
-    gradient_slope_tol: float = 0.15  # claim 5: fitted scaling slope within this of -1/2
+    interpolation_tol: float = 0.01 # double descent: mean train error that counts as fitting the noisy set
+    peak_sigmas: float = 2.0        # double descent (one seed's peak report): standard errors a peak must exceed
+    gradient_small: float = 0.5     # claim 5: permuted / unpermuted label-gradient ratio at initialisation called small below this
+    gradient_growth: float = 1.5    # claim 5: growth from the learning to the memorization phase
+    gradient_slope_tol: float = 0.15  # claim 5: the permuted group's scaling slope within this of -1/2
     memorized: float = 0.99         # permuted examples fitted to this: the memorization phase is over
-    simulated_close: float = 0.15   # Fig. 1B: median |simulated - mean-field| / mean-field for "reproduced"
-    simulated_partly: float = 0.3   # ... and for "partly"
+    simulated_close: float = 0.15   # Fig. 1B: median |relative deviation| beyond the finite-P control's
 
 
 @dataclass(frozen=True)

@@ -269,9 +269,9 @@ def maini_test(table: pd.DataFrame, run: Run, matched: pd.DataFrame, epoch: int 
     stopping): the largest fraction of memorization removed by one non-final layer alone
     (`nonfinal_removed`, its layer, its parameter share) and its parameter-matched control
     (`nonfinal_matched`); the same for the final layers (`final_removed`: the largest of them,
-    each alone); per_layer: the table. `verdict`: reproduced when that non-final layer removes at
-    least `threshold` of the memorization and more than its matched control, partly when one of
-    the two holds."""
+    each alone); per_layer: the table. `verdict`: this run's reading (`verdicts.both_or_one`) of
+    "that non-final layer removes at least `threshold` of the memorization" and "more than its
+    matched control"; the claim itself is decided over seeds (`memgeo.claims`)."""
     ref = reference(run, int(table["final_epoch"].iloc[0]))
     epoch = ref["peak_epoch"] if epoch is None else epoch
     t = maini_table(table, run)

@@ -4,7 +4,7 @@ Per width: final train error against the training labels (noisy labels included)
 and the geometry of the last layers at the end of training for every manifold type. The
 interpolation threshold is the smallest width whose final train error is at most
 `INTERPOLATION_TOL` (`config.Thresholds.interpolation_tol`); whether the sweep shows a double
-descent is decided by `verdicts.double_descent_verdict`.
+descent is decided over training seeds by `memgeo.claims` on the paired statistics of `peak_stats`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from .config import ProbeConfig, RunConfig, SweepConfig, Thresholds
 from .claims import interval
 from .heldout import full_test_accuracy, full_test_cache
 from .runs import Run
-from .verdicts import double_descent_verdict  # noqa: F401  (the rule lives in memgeo.verdicts)
 
 INTERPOLATION_TOL = Thresholds().interpolation_tol   # train error (vs training labels) that counts as fitting
 PEAK_SIGMAS = Thresholds().peak_sigmas   # a peak must exceed this many standard errors of a test-error difference

@@ -1,42 +1,28 @@
-"""The paper's claims: each claim's statement, the rule that decides it and its verdict.
+"""What one training run shows: the per-run measurements the claims are decided on (layer ratios,
+accuracies at early stopping, deviations) and a plain reading of them for that run's page.
 
-Every rule is a function of numbers measured elsewhere (the section reports in `memgeo.reports`
-gather them) and of the thresholds in `config.Thresholds`, and returns a verdict word:
-"reproduced", "partly" or "not reproduced". The section pages and the introduction's claim table
-use the same rules, so they cannot disagree; the book states each threshold next to its verdict.
+The verdicts themselves are not here: `memgeo.claims` decides every claim on 95 % intervals over
+training seeds. A reading ("holds", "holds in one of its two parts", "does not hold") only
+describes the one run a page shows in detail, with the same thresholds (`config.Thresholds`).
 This module imports nothing of memgeo but the configuration.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from .config import Thresholds
 
-REPRODUCED, PARTLY, NOT = "reproduced", "partly", "not reproduced"
-VERDICTS = (REPRODUCED, PARTLY, NOT)
+HOLDS, HALF, FAILS = "holds", "holds in one of its two parts", "does not hold"
+READINGS = (HOLDS, HALF, FAILS)
 THRESHOLDS = Thresholds()           # the defaults; a preset's own are `Preset.thresholds`
 CHANGE = THRESHOLDS.change          # a ratio counts as a rise (fall) above 1 + CHANGE (below 1 - CHANGE)
 
-#: The claims of the introduction's table, in its order: key -> (statement, section page).
-CLAIMS = {
-    "first_learning": ("1. All layers first learn the shared features (generalization comes first)", "layers"),
-    "late_deep": ("2a. Memorization happens late and in the deep layers", "layers"),
-    "restored_lost": ("2b. Deep layers lose the true class of mislabelled images; early layers keep it", "layers"),
-    "radius_dimension": ("2c. Memorization works through shrinking radius and dimension", "layers"),
-    "rewind": ("3. Rewinding the final layers to before memorization restores generalization", "rewind"),
-    "maini": ("(Maini et al.) Memorization is spread over layers, not only the last ones", "rewind"),
-    "double_descent": ("4. Model-wise double descent, tied to the geometry", "double_descent"),
-    "gradients": ("5. Near initialization the permuted examples' gradient is small", "gradients"),
-    "simulated": ("(Fig. 1B) Mean-field capacity matches simulated capacity", "layers"),
-}
-
 
 def both_or_one(first: bool, second: bool) -> str:
-    """REPRODUCED when both parts of a claim hold, PARTLY when one does, NOT when neither."""
-    return REPRODUCED if first and second else PARTLY if first or second else NOT
+    """One run's reading of a two-part statement: HOLDS (both parts), HALF (one), FAILS (neither)."""
+    return HOLDS if first and second else HALF if first or second else FAILS
 
 
 def binomial_se(p: float, n: int) -> float:
@@ -93,11 +79,10 @@ def layer_claims(summary: pd.DataFrame, early: int, end: int, thresholds: Thresh
         out["perm_readout"] = ratio(summary, "permuted", [READOUT], early, end)
         out["rest_readout"] = ratio(summary, "restored", [READOUT], early, end)
     up = out["perm_last"] > 1 + c
-    out["verdict1"] = REPRODUCED if up and out["perm_last"] > out["perm_first"] * (1 + c) else PARTLY if up else NOT
+    out["verdict1"] = both_or_one(up, up and out["perm_last"] > out["perm_first"] * (1 + c))
     down = out["rest_last"] < 1 - c
-    out["verdict2"] = REPRODUCED if down and out["rest_first"] > 1 - c else PARTLY if down else NOT
-    shrink = (out["radius_last"] < 1) + (out["dimension_last"] < 1)
-    out["verdict3"] = REPRODUCED if shrink == 2 else PARTLY if shrink == 1 else NOT
+    out["verdict2"] = both_or_one(down, down and out["rest_first"] > 1 - c)
+    out["verdict3"] = both_or_one(out["radius_last"] < 1, out["dimension_last"] < 1)
     return out
 
 
@@ -146,12 +131,6 @@ def simulated_deviation(sim: pd.DataFrame) -> float:
     return float(rel.median())
 
 
-def simulated_verdict(deviation: float, thresholds: Thresholds = THRESHOLDS) -> str:
-    """Fig. 1B: reproduced when the median relative deviation is below `simulated_close`, partly
-    below `simulated_partly`."""
-    return REPRODUCED if deviation < thresholds.simulated_close else PARTLY if deviation < thresholds.simulated_partly else NOT
-
-
 # ---------------------------------------------------------------------------------------------
 # Rewinding
 
@@ -163,47 +142,13 @@ def rewind_claim_holds(late_fraction: float, early_fraction: float, thresholds: 
     return bool(late_fraction >= thresholds.recovered and not early_fraction >= thresholds.recovered)
 
 
-def rewind_verdict(holds: bool) -> str:
-    return REPRODUCED if holds else NOT
-
-
-def maini_verdict(ms: dict, late_share_max: float = THRESHOLDS.late_share) -> str:
-    """Maini et al.'s claim (memorization is spread, not in the last layers): reproduced when no
-    single layer rewound alone removes `recovered` (half) of the memorization and the late half of the layers
-    accounts for less than `late_share_max` of what single rewinds remove; partly when one holds."""
-    return both_or_one(ms["n_strong"] == 0, ms["late_share"] < late_share_max)
-
-
-# ---------------------------------------------------------------------------------------------
-# Double descent
-
-def double_descent_verdict(rep: dict, threshold, thresholds: Thresholds = THRESHOLDS) -> str:
-    """"reproduced": a local test-error peak more than `peak_sigmas` standard errors (`min_height`
-    of `sweep.peak_report`) above the best narrower model and above the widest model, within a
-    factor `peak_near` of the interpolation threshold; "partly": such a peak elsewhere; "not
-    reproduced": none."""
-    min_height = rep["min_height"]
-    has_peak = (rep["local_peak_width"] is not None and rep["local_peak_height"] > min_height
-                and rep["local_peak_above_widest"] > min_height)
-    if not has_peak:
-        return NOT
-    near = threshold is not None and abs(np.log2(rep["local_peak_width"] / threshold)) <= np.log2(thresholds.peak_near)
-    return REPRODUCED if near else PARTLY
-
-
 # ---------------------------------------------------------------------------------------------
 # Gradients
 
 def gradient_claim(ratio_init: float, growth: float, thresholds: Thresholds = THRESHOLDS) -> dict:
     """Claim 5: the permuted/unpermuted gradient ratio at initialisation is small (below
     `gradient_small`) and grows during memorization (by `gradient_growth` or more; a missing
-    growth, nan, does not count). Returns both parts and the verdict."""
+    growth, nan, does not count). Returns both parts and this run's reading of them."""
     small = bool(ratio_init < thresholds.gradient_small)
     grows = bool(growth >= thresholds.gradient_growth)
     return {"small_init": small, "grows": grows, "verdict": both_or_one(small, grows)}
-
-
-def book_claims(p, progress: bool = False) -> pd.DataFrame:
-    """The introduction's claim table (moved to `memgeo.reports.intro.claims_table`)."""
-    from .reports.intro import claims_table
-    return claims_table(p, progress=progress)

@@ -140,8 +140,8 @@ def test_coercion_does_not_move_preset_hashes():
     # Pinned after the validation split, `evaluate` and the seeds' presets (issue 13) renamed every run.
     expected = {
         "smoke": (
-            "7904f62f20f7/7904f62f20f7 744ae3298c6f/744ae3298c6f fa8de131a6a3/fa8de131a6a3 "
-            "9d65679c319f/9d65679c319f 109bed8d9982/109bed8d9982"),
+            "7904f62f20f7/7904f62f20f7 5a4b9f683610/5a4b9f683610 b18fd6e3cbb1/b18fd6e3cbb1 "
+            "e4e649035a75/e4e649035a75 f824b959339f/f824b959339f"),
         "cpu": (
             "afd34be80a3c/afd34be80a3c 9414a8da9f6e/9414a8da9f6e 9414a8da9f6e/9414a8da9f6e "
             "de707e98eead/de707e98eead 94fe57516593/94fe57516593 dafde3882a14/dafde3882a14 "

@@ -39,52 +39,69 @@ def test_every_name_a_page_quotes_comes_from_its_report(smoke_reports, page):
         {k: type(v) for k, v in reports[page].glue.items() if not isinstance(v, plain)}
 
 
-def test_claim_table_gathers_every_claim_in_order(smoke_reports, monkeypatch):
+def test_claim_table_decides_every_claim_over_the_seeds(smoke_reports):
+    from memgeo import claims as C
+    from memgeo.reports.intro import section_glue, section_parts, stats_over_seeds
     p, reports = smoke_reports
-    claims = {k: v for name in ("layers", "rewind", "double_descent", "gradients") for k, v in reports[name].claims.items()}
-    assert set(claims) == set(verdicts.CLAIMS)
-    assert all(v in verdicts.VERDICTS for _, v in claims.values())
+    stats = stats_over_seeds(p)                 # every seed's reports (seed 0's are cached)
+    assert stats["seed"].tolist() == list(p.seeds) == [0, 1, 2]
+    needed = {part.stat for claim in C.CLAIMS for part in claim.parts}
+    assert needed <= set(stats.columns), needed - set(stats.columns)
+    # the page's own seed contributes exactly its reports' statistics
+    own = stats.set_index("seed").loc[p.run.seed]
+    for name in ("layers", "rewind", "gradients"):
+        for k, v in reports[name].stats.items():
+            assert own[k] == v or (math.isnan(own[k]) and math.isnan(v)), (name, k)
     table = claims_table(p)      # from the cache: the same numbers
-    assert list(table["claim"]) == [s for s, _ in verdicts.CLAIMS.values()]
-    assert list(table["verdict"]) == [claims[k][1] for k in verdicts.CLAIMS]
-    assert list(table["measured"]) == [claims[k][0] for k in verdicts.CLAIMS]
+    parts = C.part_table(stats, p.thresholds)
+    assert list(table["claim"]) == [c.statement for c in C.CLAIMS]
+    assert list(table["verdict"]) == [parts[parts["claim"] == c.key]["verdict"].iloc[0] for c in C.CLAIMS]
+    assert set(table["verdict"]) <= set(C.VERDICTS)
     g = intro_glue(table, "src")
-    assert g["n_reproduced"] + g["n_partly"] + g["n_not"] == g["n_claims"] == len(verdicts.CLAIMS)
+    assert g["n_reproduced"] + g["n_inconclusive"] + g["n_not"] == g["n_claims"] == len(C.CLAIMS)
+    assert g["t_quantile"] == pytest.approx(4.3027, abs=1e-4) and g["n_seeds_min"] <= 3
     assert linked(table)["section"].iloc[-1] == '<a href="layers.html">layers</a>'
-    assert verdicts.book_claims(p).equals(table)       # the former entry point
+    lay = section_parts(p, "layers")
+    assert set(lay["claim"]) == {"first_learning", "late_deep", "restored_lost", "radius_dimension", "simulated"}
+    sg = section_glue(lay)
+    assert sg["v_late_deep"] == table.set_index("section").loc["layers"]["verdict"].iloc[1]
 
 
 def test_reports_agree_with_the_rules(smoke_reports):
+    from memgeo.verdicts import FAILS, HOLDS, READINGS
     p, reports = smoke_reports
     lay = reports["layers"]
-    assert lay["v_verdict1"] == lay.claims["late_deep"][1]
-    assert lay.claims["simulated"][1] == verdicts.simulated_verdict(lay["sim_median_dev"])
+    assert lay["v_verdict1"] == lay.claims["late_deep"][1] and lay["v_verdict1"] in READINGS
     assert lay["sim_median_dev"] == verdicts.simulated_deviation(lay.tables["sim"])
+    assert lay.stats["sim_excess_dev"] == lay.stats["sim_median_abs_dev"] - lay.stats["sim_control_p10"]
+    assert lay.stats["perm_ratio_last_hidden"] == lay["v_perm_last"] and lay["v_last_layer"] == "conv4"
     rew = reports["rewind"]
     n_test = rew.run.meta["n_test"]
     assert rew["n_test"] == n_test and rew["se_test"] == pytest.approx(math.sqrt(
         rew["final_test"] * (1 - rew["final_test"]) / n_test), rel=1e-12)
-    assert rew.claims["rewind"][1] == (verdicts.REPRODUCED if rew["claim_verdict"] == "holds for this model"
-                                       else verdicts.NOT)
+    assert rew.claims["rewind"][1] == (HOLDS if rew["claim_verdict"] == "holds for this model" else FAILS)
+    s = rew.stats
+    assert s["rewind_late_minus_matched"] == s["rewind_late_fraction"] - s["rewind_matched_fraction"] or \
+        math.isnan(s["rewind_late_fraction"])
     dd = reports["double_descent"]
     assert dd["dd_verdict"] == dd.claims["double_descent"][1] and dd["dd_tol"] == p.thresholds.interpolation_tol
+    assert dd.tables["long"]["seed"].nunique() == len(p.seeds) and dd["dd_n_test"] == 200
     gr = reports["gradients"]
-    verb = {"reproduces": verdicts.REPRODUCED, "reproduces only in part": verdicts.PARTLY,
-            "does not reproduce": verdicts.NOT}
-    assert verb[gr["gr_verdict"]] == gr.claims["gradients"][1]
+    assert gr["gr_verdict"] == gr.claims["gradients"][1] in READINGS
     assert gr.tables["numbers"].index.tolist()[-2:] == ["t_epochs", "t_scaling"]
     m = reports["methods"]
     assert m["max_rel_error"] < 0.5 and m["polygon_never_below"] is True and m["n_t_fig"] == 100
 
 
-def test_thresholds_reach_the_verdicts(smoke_reports):
+def test_thresholds_reach_the_readings(smoke_reports):
     from dataclasses import replace
     from memgeo.reports.layers import layers_report
+    from memgeo.verdicts import FAILS, HOLDS
     p, reports = smoke_reports
-    strict = replace(p, thresholds=replace(p.thresholds, simulated_close=-1.0, simulated_partly=-1.0))
-    assert layers_report(strict, progress=False).claims["simulated"][1] == verdicts.NOT
+    strict = replace(p, thresholds=replace(p.thresholds, simulated_close=-1.0))
+    assert layers_report(strict, progress=False).claims["simulated"][1] == FAILS
     lenient = replace(p, thresholds=replace(p.thresholds, simulated_close=np.inf))
-    assert layers_report(lenient, progress=False).claims["simulated"][1] == verdicts.REPRODUCED
+    assert layers_report(lenient, progress=False).claims["simulated"][1] == HOLDS
 
 
 def test_gradient_numbers_are_plain_values(smoke_reports):
@@ -96,7 +113,7 @@ def test_gradient_numbers_are_plain_values(smoke_reports):
     # smoke trains 3 epochs: no memorization phase, so only its two numbers are undefined
     assert all(math.isfinite(v) for k, v in gr.stats.items() if k not in ("gradient_ratio_memorizing", "gradient_growth"))
     assert gr.stats["gradient_ratio_init"] == gr["gr_ratio_init"] != gr["gr_ratio_init_identity_bn"]
-    assert gr["gr_sizes"] == "10, 20, 30"        # the smoke preset's 8, 16, 32 as multiples of its 10 classes
+    assert gr["gr_sizes"] == "10, 20, 40"        # the smoke preset's sizes, multiples of its 10 classes
     run = gr.run
     data = run.load_data()
     s = GradientSettings(n_examples=30, epochs="0,3", sizes=(10, 20), repeats=2, batch_size=32)
@@ -106,7 +123,7 @@ def test_gradient_numbers_are_plain_values(smoke_reports):
     ident = gradients_over_epochs(run, whole, epochs=[0], data=data, bn="saved")
     nums = gradient_numbers(run, data, s, table, init, ident, scaling_at_epoch(run, s, data=data), Thresholds())
     assert nums["n_train"] == len(data.x_train) and nums["n_unperm_all"] + nums["n_perm_all"] == 60
-    assert nums["verdict"] in ("reproduces", "reproduces only in part", "does not reproduce")
+    assert nums["verdict"] in verdicts.READINGS
     assert all(isinstance(v, (int, float, str, bool)) for v in nums.values())
     assert pd.Series(nums).index.is_unique
 

@@ -17,10 +17,9 @@ from ..gradients import (ALL, MEMORIZATION_LEVELS, claim_stats, class_sizes, fit
                          ratios, scaling_at_epoch)
 from ..runs import Run
 from ..train import train
-from ..verdicts import NOT, PARTLY, REPRODUCED, gradient_claim
+from ..verdicts import gradient_claim
 from . import Report
 
-VERB = {REPRODUCED: "reproduces", PARTLY: "reproduces only in part", NOT: "does not reproduce"}
 
 
 def gradients_report(p: Preset, progress: bool = False) -> Report:
@@ -54,7 +53,7 @@ def gradients_report(p: Preset, progress: bool = False) -> Report:
     measured = (f"label-dependent gradient, permuted/unpermuted per-example ratio {numbers['ratio_init']:.2f} at "
                 f"initialization (BatchNorm recomputed; {numbers['ratio_init_identity_bn']:.2f} with identity "
                 f"BatchNorm); {growth}")
-    claim = {verb: word for word, verb in VERB.items()}[numbers["verdict"]]
+    claim = numbers["verdict"]       # this run's reading; the verdict is decided over seeds (memgeo.claims)
     tables = {"table": table, "init": init, "init_identity": init_identity, "scaling": scaling,
               "slopes": fit_slopes(scaling), "components": fit_two_components(scaling),
               "numbers": pd.Series(numbers, name="value").to_frame()}
@@ -159,5 +158,5 @@ def gradient_numbers(run: Run, data: LabelledData, settings: GradientConfig, tab
         f"{out['slope_u']:.2f} (coherent share {out['share_u']:.2f}"
         + ("; their class signal dominates)." if out["share_u"] >= 0.5 else
            "; at these sizes their class signal does not yet dominate the per-example variation).") )
-    out["verdict"] = VERB[claim["verdict"]]
+    out["verdict"] = claim["verdict"]
     return {k: (val.item() if isinstance(val, np.generic) else val) for k, val in out.items()}

@@ -12,7 +12,7 @@ from ..rewind import default_epochs, gap_table, maini_summary, param_counts, rew
 from ..rewind_controls import (CONTROL_SEED, DRAWS, N_FINAL, checkpoint_selectivity, control_table, maini_test,
                                matched_means, matched_table)
 from ..train import train
-from ..verdicts import NOT, PARTLY, REPRODUCED, binomial_se, rewind_verdict
+from ..verdicts import FAILS, HOLDS, binomial_se
 from . import Report
 
 
@@ -125,7 +125,7 @@ def rewind_report(p: Preset, progress: bool = True, draws: int = DRAWS, control_
                    f"recovers {s['late_best_fraction']:.0%} of the {s['gap']:.3f} test-accuracy gap, a random rewind "
                    f"of as many weights {stats['rewind_matched_fraction']:.0%}; best single early layer "
                    f"{s['early_best_fraction']:.0%}",
-                   rewind_verdict(s["claim_holds"])),
+                   HOLDS if s["claim_holds"] else FAILS),
         "maini": (f"best non-final layer alone ({mt['nonfinal_top']}, {mt['nonfinal_share']:.0%} of the parameters) "
                   f"removes {mt['nonfinal_removed']:.0%} of the memorization, a random rewind of as many weights "
                   f"{mt['nonfinal_matched']:.0%}; best final layer ({', '.join(mt['final_layers'])}) "
@@ -221,8 +221,7 @@ def maini_test_glue(mt: dict, threshold: float) -> dict:
     for key in ("nonfinal_removed", "nonfinal_matched", "nonfinal_share", "final_removed", "final_share",
                 "nonfinal_best_excess"):
         g[f"mt_{key}"] = float(mt[key])
-    words = {REPRODUCED: "holds", PARTLY: "holds only in part", NOT: "does not hold"}
-    g["mt_verdict"] = words.get(mt["verdict"], mt["verdict"])
+    g["mt_verdict"] = mt["verdict"]
     if math.isnan(g["mt_nonfinal_removed"]):
         g["mt_verdict"] = "cannot be tested on this run"
         g["mt_text"] = ("Memorization did not grow after early stopping on this run, so there is nothing for a "
