@@ -49,10 +49,10 @@ def claims_table(p: Preset, progress: bool = False) -> pd.DataFrame:
     return claim_table(part_table(stats_over_seeds(p, progress=progress), p.thresholds))
 
 
-def intro_glue(claims: pd.DataFrame, source: str) -> dict:
-    """The introduction's counts of verdicts."""
+def intro_glue(claims: pd.DataFrame, source: str, n_seeds: int) -> dict:
+    """The introduction's counts of verdicts, the training seeds and the interval's reach."""
     counts = claims["verdict"].value_counts()
-    n_min = int(pd.to_numeric(claims["seeds"].astype(str).str.split("-").str[0]).min())
+    n_min = int(n_seeds)
     return {"intro_source": source, "n_claims": len(claims), "n_reproduced": int(counts.get(REPRODUCED, 0)),
             "n_inconclusive": int(counts.get(INCONCLUSIVE, 0)), "n_not": int(counts.get(NOT, 0)),
             "n_seeds_min": n_min, "t_quantile": t_quantile(n_min)}
