@@ -216,6 +216,11 @@ def build_book(preset: str, overrides: dict, keep_going: bool = False) -> int:
           f"{', '.join(map(str, p.seeds))} ({len(configs)} runs, reused if present)", flush=True)
     runs = run_all(configs)
     print(f"[memgeo]   shared run {runs[0].path}", flush=True)
+    # Every seed's analyses side by side (one process per core), before the notebooks read them.
+    from .reports.intro import compute_analyses
+    print(f"[memgeo] analyses of every seed ({time.time() - t0:.0f} s so far)", flush=True)
+    sec = compute_analyses(p, log=lambda line: print(line, flush=True))
+    print(f"[memgeo]   analyses done in {sec:.0f} s", flush=True)
     print(f"[memgeo] executing notebooks and building the book ({time.time() - t0:.0f} s so far)", flush=True)
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
     # --all: Sphinx would skip pages whose source did not change, but their results depend on

@@ -81,3 +81,72 @@ def parts_display(parts: pd.DataFrame) -> pd.DataFrame:
                               "part_verdict": "part", "verdict": "claim verdict"})
     return t[["claim", "statistic (per seed)", "seeds", "mean", "95% CI low", "95% CI high", "rule", "part",
               "claim verdict"]].round(4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Computing every seed's analyses side by side (the book build does this before the notebooks run)
+
+def _pin_worker(slots) -> None:
+    """One worker per CPU: pinned to its own CPU (the geometry's threads follow the affinity) with
+    one torch thread, so that workers do not oversubscribe the cores."""
+    import os
+
+    import torch
+    cpu = slots.get()
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError):      # not on Linux: one thread is enough
+        pass
+    torch.set_num_threads(1)
+
+
+def _analyse(p: Preset, name: str) -> tuple[str, int, float]:
+    import time
+    t0 = time.time()
+    if name == "double_descent":
+        double_descent_report(p, progress=False)
+    elif name == "methods":
+        from .methods import methods_report
+        methods_report(p)
+    else:
+        PER_SEED[name](p, progress=False)
+    return name, p.run.seed, time.time() - t0
+
+
+def analysis_tasks(p: Preset) -> list[tuple[Preset, str]]:
+    """Every (seed's preset, section) the claims need, the double-descent sweep once, longest first."""
+    tasks = [(q, name) for name in ("gradients", "layers", "rewind") for q in p.replicas()]
+    if p.for_seed(p.run.seed) not in p.replicas():        # the pages' own seed, when not replicated
+        tasks += [(p, name) for name in ("gradients", "layers", "rewind")]
+    return [(p, "double_descent")] + tasks + [(p, "methods")]
+
+
+def compute_analyses(p: Preset, workers: int | None = None, log=print) -> float:
+    """Run every section's analysis for every training seed in a pool of one-CPU processes (all
+    results land in the caches the notebooks then read). Returns the seconds it took."""
+    import multiprocessing as mp
+    import os
+    import time
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from ..engine import usable_cpus
+    tasks = analysis_tasks(p)
+    n = max(1, min(workers or usable_cpus(), len(tasks)))
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = list(range(n))
+    ctx = mp.get_context("spawn")
+    slots = ctx.Manager().Queue()
+    for k in range(n):
+        slots.put(cpus[k % len(cpus)])
+    t0 = time.time()
+    # the synthetic control of the simulated check is shared by every seed: computed once, first
+    from ..probe import synthetic_control
+    synthetic_control(p.probe.M)
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_pin_worker, initargs=(slots,)) as pool:
+        futures = [pool.submit(_analyse, q, name) for q, name in tasks]
+        for f in as_completed(futures):
+            name, seed, sec = f.result()
+            log(f"[memgeo]   {name} (seed {seed}) analysed in {sec:.0f} s")
+    return time.time() - t0
