@@ -18,9 +18,9 @@ left out and the count says so). The part is
 A claim is reproduced when every part is, not reproduced when at least one part is, and
 inconclusive otherwise. There is no "partly".
 
-The per-seed statistics are gathered by `memgeo.reports.intro.stats_over_seeds` (every section
-report once per training seed of `Preset.seeds`, all cached); `part_table` decides every part and
-claim from them, `claim_table` makes the introduction's table. This module imports nothing of
+The per-seed statistics are gathered by the introduction's report (every section report once per
+training seed of `Preset.seeds`, all cached); `part_table` decides every part and claim from
+them, `claim_table` makes the introduction's table. This module imports nothing of
 memgeo but the configuration.
 """
 from __future__ import annotations

@@ -170,3 +170,24 @@ def test_papermill_parameters_are_coerced(monkeypatch):
     assert configure_notebook("smoke", {"eps": 1}).run.hash() == configure("smoke", {"eps": 1.0}).run.hash()
     with pytest.raises(ConfigError, match=r"^parameter overrides\['seed'\]=1.5: expected an int"):
         configure_notebook("smoke", {"seed": 1.5})
+
+
+def test_seeds_replicate_every_training_run_and_the_analyses_draws():
+    p = configure("cpu")
+    assert p.seeds == (0, 1, 2) and configure("smoke").seeds == (0, 1, 2)
+    reps = p.replicas()
+    assert [q.run.seed for q in reps] == [q.sweep.run.seed for q in reps] == [q.gradients.seed for q in reps] == [0, 1, 2]
+    assert len({q.run.hash() for q in reps}) == 3 and reps[0].run == p.run
+    assert configure("smoke", {"seeds": "3,5"}).seeds == (3, 5)
+    assert configure("smoke", {"seeds": [4]}).for_seed(4).run.seed == 4
+    for bad in ("1,1", "-1", ""):
+        with pytest.raises(ConfigError, match="seeds"):
+            configure("smoke", {"seeds": bad})
+
+
+def test_validation_split_and_evaluate_settings():
+    assert configure("cpu").run.val_per_class == 100 and configure("cpu").sweep.run.evaluate == "checkpoints"
+    with pytest.raises(ConfigError, match="evaluate"):
+        RunConfig(evaluate="sometimes")
+    with pytest.raises(ConfigError, match="val_per_class"):
+        RunConfig(val_per_class=-1)

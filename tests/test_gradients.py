@@ -295,7 +295,7 @@ def test_phases_and_claim_statistics_on_a_synthetic_history():
 
 
 def test_settings_follow_the_preset():
-    assert configure("cpu").gradients.n_examples == 1024
+    assert configure("cpu").gradients.n_examples == 1000
     assert G.settings_for(configure("cpu"), repeats=2) == replace(configure("cpu").gradients, repeats=2)
     assert configure("smoke", {"gradients.repeats": "5"}).gradients.repeats == 5
     for name in ("smoke", "cpu", "paper"):         # every preset's sizes give a valid scaling test

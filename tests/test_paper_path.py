@@ -26,7 +26,7 @@ def paper_data(tmp_path, monkeypatch, cifar_root):
 
 def test_paper_preset_pipeline_at_toy_size(paper_data, tmp_path):
     full = configure("paper")
-    p = configure("paper", {"run.width": 4, "run.train_per_class": 12, "run.test_per_class": 2, "run.epochs": 1,
+    p = configure("paper", {"run.width": 4, "run.train_per_class": 10, "run.test_per_class": 2, "run.val_per_class": 2, "run.epochs": 1,
                             "sweep.widths": "1,2", "sweep.run.train_per_class": 10,
                             "sweep.run.test_per_class": 5, "sweep.run.epochs": 2,
                             "sweep.run.unverified_local_copy": True, "device": "cpu"})

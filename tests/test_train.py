@@ -62,7 +62,7 @@ def test_deterministic_and_resume_is_bitwise(cifar_root, tmp_path):
 
 def test_resume_after_sigkill(cifar_root, tmp_path):
     """Kill a real training process mid-run; the resumed run equals an uninterrupted one."""
-    sets = ["unverified_local_copy=true", "train_per_class=40", "test_per_class=10", "width=8",
+    sets = ["unverified_local_copy=true", "train_per_class=40", "val_per_class=0", "test_per_class=10", "width=8",
             "epochs=6", "checkpoints=0,6", "batch_size=16"]
     base = [sys.executable, "-m", "memgeo", "train", "--preset", "smoke", "--quiet"]
     for s in sets:
