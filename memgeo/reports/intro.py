@@ -59,9 +59,11 @@ def intro_glue(claims: pd.DataFrame, source: str, n_seeds: int) -> dict:
 
 
 def linked(claims: pd.DataFrame) -> pd.DataFrame:
-    """The claim table with each section name a link to its page (for HTML)."""
-    return claims.assign(section=claims["section"].map(
-        lambda s: f'<a href="{s}.html">{s.replace("_", " ")}</a>'))
+    """The claim table for HTML written with escape=False: every text escaped ("< 0.9" must not
+    read as a tag), and each section name a link to its page."""
+    import html
+    out = claims.map(lambda v: html.escape(v) if isinstance(v, str) else v)
+    return out.assign(section=claims["section"].map(lambda s: f'<a href="{s}.html">{s.replace("_", " ")}</a>'))
 
 
 def section_glue(parts: pd.DataFrame) -> dict:
