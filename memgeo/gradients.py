@@ -63,7 +63,7 @@ from .data import LabelledData, derived_seed
 from .models import BlockNet
 # Per-example gradients and subset sums (the primitives), importable from here too:
 from .per_example import (ALL, GradFn, SubsetSums, coherence, layer_parameters, model_grad_fn,  # noqa: F401
-                          per_example_gradients, subset_gradient_sums)
+                          functional_state, per_example_gradients, subset_gradient_sums)
 from .rewind import recompute_bn_stats
 from .runs import Run
 
@@ -108,12 +108,7 @@ def per_example_parts(model: BlockNet, x: torch.Tensor, y: torch.Tensor) -> "dic
     {"<part>/<layer>": (B, P_layer)}. Eval mode through torch.func; `x` a float, normalised batch."""
     from torch.func import functional_call, jacrev, vmap
 
-    if model.training:
-        raise ValueError("per-example gradients need the model in eval mode (call model.eval()): "
-                         "train-mode BatchNorm couples the examples of a batch")
-    groups = layer_parameters(model)
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    groups, params, buffers = functional_state(model)
 
     def two(p, b, xi, yi):
         z = functional_call(model, (p, b), (xi[None],))[0]

@@ -35,6 +35,17 @@ def layer_parameters(model: BlockNet) -> "dict[str, list[str]]":
     return out
 
 
+def functional_state(model: BlockNet):
+    """(parameter names per layer, detached parameters, detached buffers) for a torch.func call of
+    `model` in eval mode (train-mode BatchNorm would couple the examples of a batch)."""
+    if model.training:
+        raise ValueError("per-example gradients need the model in eval mode (call model.eval()): "
+                         "train-mode BatchNorm couples the examples of a batch")
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    return layer_parameters(model), params, buffers
+
+
 def per_example_gradients(model: BlockNet, x: torch.Tensor, y: torch.Tensor) -> "dict[str, torch.Tensor]":
     """Per-example gradients of the cross-entropy of (x, y), flattened per layer: {layer: (B, P_layer)}.
 
@@ -42,12 +53,7 @@ def per_example_gradients(model: BlockNet, x: torch.Tensor, y: torch.Tensor) -> 
     """
     from torch.func import functional_call, grad, vmap
 
-    if model.training:
-        raise ValueError("per-example gradients need the model in eval mode (call model.eval()): "
-                         "train-mode BatchNorm couples the examples of a batch")
-    groups = layer_parameters(model)
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    groups, params, buffers = functional_state(model)
 
     def loss_one(p, b, xi, yi):
         return F.cross_entropy(functional_call(model, (p, b), (xi[None],)), yi[None])

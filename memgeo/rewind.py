@@ -475,15 +475,22 @@ def maini_table(table: pd.DataFrame, run: Run) -> pd.DataFrame:
               "memorization_removed", "clean_drop", "test_change"]].reset_index(drop=True)
 
 
-def maini_summary(table: pd.DataFrame, run: Run, epoch: int | None = None,
-                  threshold: float = THRESHOLDS.recovered) -> dict:
-    """Where single-layer rewinds to `epoch` (default: early stopping) remove memorization."""
-    ref = reference(run, int(table["final_epoch"].iloc[0]))
-    epoch = ref["peak_epoch"] if epoch is None else epoch
+def maini_at(table: pd.DataFrame, run: Run, epoch: int | None = None) -> tuple[int, pd.DataFrame]:
+    """(epoch, `maini_table` rows of the single rewinds to it, indexed by layer in order); epoch
+    None: the early-stopping epoch."""
+    if epoch is None:
+        epoch = reference(run, int(table["final_epoch"].iloc[0]))["peak_epoch"]
     t = maini_table(table, run)
     t = t[t["epoch"] == epoch].sort_values("layer_index").set_index("layer")
     if t.empty:
         raise RewindError(f"no single rewinds to epoch {epoch}; epochs in the table: {sorted(table['epoch'].unique())}")
+    return epoch, t
+
+
+def maini_summary(table: pd.DataFrame, run: Run, epoch: int | None = None,
+                  threshold: float = THRESHOLDS.recovered) -> dict:
+    """Where single-layer rewinds to `epoch` (default: early stopping) remove memorization."""
+    epoch, t = maini_at(table, run, epoch)
     names = list(t.index)
     early, late = _halves(names)
     top = _argmax(t["memorization_drop"])

@@ -39,7 +39,7 @@ from .blocks import batchnorms
 from .cache import ResultCache
 from .data import LabelledData
 from .models import BlockNet
-from .rewind import (METRICS, RewindError, _check_bn, _check_epochs, check_compatible, gap_table, maini_table,
+from .rewind import (METRICS, RewindError, _check_bn, _check_epochs, check_compatible, gap_table, maini_at,
                      param_counts, recompute_bn_stats, reference, rewindable_layers)
 from .runs import Run
 from .train import evaluate, resolve_device
@@ -272,12 +272,7 @@ def maini_test(table: pd.DataFrame, run: Run, matched: pd.DataFrame, epoch: int 
     each alone); per_layer: the table. `verdict`: this run's reading (`verdicts.both_or_one`) of
     "that non-final layer removes at least `threshold` of the memorization" and "more than its
     matched control"; the claim itself is decided over seeds (`memgeo.claims`)."""
-    ref = reference(run, int(table["final_epoch"].iloc[0]))
-    epoch = ref["peak_epoch"] if epoch is None else epoch
-    t = maini_table(table, run)
-    t = t[t["epoch"] == epoch].sort_values("layer_index").set_index("layer")
-    if t.empty:
-        raise RewindError(f"no single rewinds to epoch {epoch}; epochs in the table: {sorted(table['epoch'].unique())}")
+    epoch, t = maini_at(table, run, epoch)
     ctl = control_table(table, run, matched, epoch)
     ctl = ctl[ctl["mode"] == "single"].set_index("layer")
     t["memorization_removed_matched"] = ctl["memorization_removed_matched"].reindex(t.index)

@@ -54,7 +54,7 @@ def sweep_table(runs: list[Run]) -> pd.DataFrame:
         n_params = sum(p.numel() for p in build_model(run.config, run.num_classes).parameters())
         end = int(last["epoch"])
         test_acc = float(full_test_accuracy(run, [end]).iloc[0])
-        full = full_test_cache(run).read("table").set_index("epoch")
+        full = full_test_cache(run).read("table").set_index("epoch")     # n_test beside the accuracy
         rows.append({"width": run.config.width, "seed": run.config.seed, "parameters": n_params,
                      "train_error": 1 - train_acc, "test_error": 1 - test_acc,
                      "test_error_curve": 1 - last["acc_test"], "best_test_error": 1 - m["acc_test"].max(),
