@@ -117,7 +117,7 @@ class Probe:
         return np.split(f, np.cumsum([len(i) for i in mset.index[kind]])[:-1])
 
 
-GEOMETRY_SETTINGS = ("P", "M", "n_t", "kappa", "proj_dim")
+GEOMETRY_SETTINGS = ("P", "M", "n_t", "kappa", "proj_dim", "center_searches")
 CHUNK = ("epoch", "layer", "type")
 
 
@@ -130,7 +130,7 @@ def geometry_cache(run: Run, probe: ProbeConfig) -> ResultCache:
 
 
 # Version of the simulated check's table (2: center correlations, features and rank per row,
-# the input layer once, the best of CENTER_SEARCHES center searches).
+# the input layer once, the best of probe.center_searches center searches).
 SIM_TABLE_VERSION = 2
 # Layers whose features do not change in training: analysed at the first epoch only.
 STATIC_LAYERS = ("input",)
@@ -141,7 +141,7 @@ SIM_FEATURE_MARGIN = 2.0
 def simulated_cache(run: Run, probe: ProbeConfig) -> ResultCache:
     """The cache entry of the simulated-capacity check (mean-field capacity at kappa = 0 beside it)."""
     settings = {k: getattr(probe, k) for k in ("P", "M", "n_t", "proj_dim", "sim_dichotomies")}
-    settings.update(n_searches=CENTER_SEARCHES, table=SIM_TABLE_VERSION)
+    settings.update(n_searches=probe.center_searches, table=SIM_TABLE_VERSION)
     return ResultCache.of_run(run, "simulated", settings, seed=run.config.seed, version=ENGINE_VERSION)
 
 
@@ -200,7 +200,7 @@ def geometry_over_epochs(run: Run, probe: ProbeConfig, epochs=None, layers=None,
                 if (layer, kind) not in todo:
                     continue
                 feats = pr.features(model, data, mset, kind, layer)
-                res = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=seed)
+                res = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=seed, n_searches=probe.center_searches)
                 rows.append({"epoch": epoch, "layer": layer, "depth": model.layer_names.index(layer),
                              "type": kind, "capacity": res.capacity, "radius": res.radius,
                              "dimension": res.dimension, "center_correlation": res.center_correlation,
@@ -238,7 +238,7 @@ def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("t
     """Simulated capacity (random projections, random dichotomies, exact separability) next to the
     mean-field capacity of the same manifolds, for the paper's Fig. 1B check. Cached like the
     geometry. Both see the same data: global mean removed and the low-rank center subspace
-    projected out (the best of ``CENTER_SEARCHES`` searches, the same in both), as the
+    projected out (the best of ``probe.center_searches`` searches, the same in both), as the
     mean-field analysis does. A layer of ``STATIC_LAYERS`` (the input) is the same at every
     epoch: it is analysed once, at the first epoch. Rows also hold the center correlation before
     and after the removal, the layer's features N and the rank of the points."""
@@ -263,9 +263,9 @@ def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("t
         if epoch != model_epoch:
             model, model_epoch = run.load_model(epoch, device), epoch
         feats = pr.features(model, data, mset, kind, layer)
-        mf = analyze(feats, kappa=0.0, n_t=probe.n_t, seed=seed, n_searches=CENTER_SEARCHES)
+        mf = analyze(feats, kappa=0.0, n_t=probe.n_t, seed=seed, n_searches=probe.center_searches)
         sim = simulated_capacity(feats, n_dichotomies=probe.sim_dichotomies, seed=seed,
-                                 remove_center_subspace=True, n_searches=CENTER_SEARCHES)
+                                 remove_center_subspace=True, n_searches=probe.center_searches)
         row = {"epoch": epoch, "layer": layer, "depth": model.layer_names.index(layer), "type": kind,
                "capacity_meanfield": mf.capacity, "capacity_simulated": sim.capacity,
                "capacity_simulated_err": sim.capacity_err, "center_correlation": mf.center_correlation,
@@ -310,14 +310,15 @@ def sim_rows(sim: pd.DataFrame, P: int, feature_margin: float = SIM_FEATURE_MARG
 
 
 def synthetic_control(M: int, Ps=(10, 50, 100), *, radius: float = 1.0, n_t: int = 200,
-                      seed: int = 0, root=None) -> pd.DataFrame:
+                      seed: int = 0, n_searches: int = CENTER_SEARCHES, root=None) -> pd.DataFrame:
     """The finite-P control of :func:`memgeo.geometry.simulated.finite_p_control` (Gaussian clouds at the probe's
     M, P = 10, 50, 100), computed once and kept in the result cache (runs/cache/sim_control/)."""
     from .geometry.simulated import finite_p_control
     settings = {"M": int(M), "Ps": [int(p) for p in Ps], "radius": float(radius), "n_t": int(n_t),
-                "n_searches": CENTER_SEARCHES}
+                "n_searches": int(n_searches)}
     return cached_table("sim_control", settings,
-                        lambda: pd.DataFrame(finite_p_control(M, Ps, radius=radius, n_t=n_t, seed=seed)),
+                        lambda: pd.DataFrame(finite_p_control(M, Ps, radius=radius, n_t=n_t, seed=seed,
+                                                              n_searches=n_searches)),
                         seed=seed, version=ENGINE_VERSION, root=root)
 
 

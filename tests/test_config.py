@@ -191,3 +191,8 @@ def test_validation_split_and_evaluate_settings():
         RunConfig(evaluate="sometimes")
     with pytest.raises(ConfigError, match="val_per_class"):
         RunConfig(val_per_class=-1)
+
+
+def test_probe_refuses_zero_center_searches():
+    with pytest.raises(ConfigError, match="center_searches=0: need at least one"):
+        ProbeConfig(center_searches=0)

@@ -87,7 +87,8 @@ def test_geometry_table_is_cached_and_tidy(cifar_root, tmp_path, monkeypatch):
 
 def test_geometry_table_rows_equal_a_direct_analysis(cifar_root, tmp_path, monkeypatch):
     """A row of the cached table is analyze() on the same features: the manifolds drawn with the
-    run's seed, the layer's fixed projection, the probe's n_t and kappa."""
+    run's seed, the layer's fixed projection, the probe's n_t, kappa and center searches (the
+    best of them is never more correlated than the single search that analyze() runs alone)."""
     cfg = RunConfig(unverified_local_copy=True, train_per_class=40, test_per_class=20, eps=0.5, width=4,
                     epochs=2, batch_size=32, seed=3)
     run = train(cfg, runs_dir=tmp_path, data_root=cifar_root, progress=False)
@@ -99,7 +100,10 @@ def test_geometry_table_rows_equal_a_direct_analysis(cifar_root, tmp_path, monke
     model = run.load_model(2)
     for layer, kind in (("conv1", "permuted"), ("conv4", "test")):
         feats = Probe(probe.proj_dim, seed=3).features(model, data, mset, kind, layer)
-        res = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=3)
+        res = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=3, n_searches=probe.center_searches)
+        single = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=3)
+        assert probe.center_searches == 5
+        assert res.residual_correlation <= single.residual_correlation + 1e-12
         row = s[(s["layer"] == layer) & (s["type"] == kind)].iloc[0]
         assert row["features"] == feats[0].shape[1] == (200 if layer == "conv1" else 32 * 2 * 2)
         for q in ("capacity", "radius", "dimension", "center_correlation", "K"):
@@ -120,6 +124,7 @@ def test_cached_geometry_is_keyed_by_settings_seed_and_engine_version(tmp_path):
     assert a.key == geometry_cache(run, p).key and a.version == ENGINE_VERSION
     assert a.key != geometry_cache(SimpleNamespace(path=tmp_path, config=RunConfig(seed=1)), p).key
     assert a.key != geometry_cache(run, ProbeConfig(M=49)).key
+    assert a.key != geometry_cache(run, ProbeConfig(center_searches=1)).key
     assert a.key == geometry_cache(run, ProbeConfig(max_epochs=3, sim_dichotomies=7)).key   # not in the numbers
     assert a.folder == tmp_path / "geometry" / a.key
 

@@ -20,10 +20,10 @@ import numpy as np
 from .backend import compiled_kernel, resolve_backend
 from .results import CenterSubspace
 
-# Whole K searches that the simulated-capacity check (and its synthetic control) runs per
-# center-subspace search: at P = 10 one search's optimum depends on its seed (a layer's capacity
-# moved by ~15 % between analysis seeds); the best of 5 is stable. analyze() keeps 1 by
-# default (its numbers are pinned by ENGINE_VERSION).
+# Whole K searches per center-subspace search in the book's analyses (ProbeConfig.center_searches
+# defaults to it): at P = 10 one search's optimum depends on its seed (a layer's capacity moved by
+# ~15 % between analysis seeds); the best of 5 is stable. analyze() itself keeps 1 by default,
+# so that its numbers for a given seed stay those pinned by ENGINE_VERSION.
 CENTER_SEARCHES = 5
 
 

@@ -145,7 +145,7 @@ def compute_analyses(p: Preset, workers: int | None = None, log=print) -> float:
     t0 = time.time()
     # the synthetic control of the simulated check is shared by every seed: computed once, first
     from ..probe import synthetic_control
-    synthetic_control(p.probe.M)
+    synthetic_control(p.probe.M, n_searches=p.probe.center_searches)
     with ProcessPoolExecutor(n, mp_context=ctx, initializer=_pin_worker, initargs=(slots,)) as pool:
         futures = [pool.submit(_analyse, q, name) for q, name in tasks]
         for f in as_completed(futures):

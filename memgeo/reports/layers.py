@@ -37,7 +37,7 @@ def layers_report(p: Preset, progress: bool = True) -> Report:
     sim_epochs = select_sim_epochs(run, probe, analysed)
     sim_all = sim_rows(simulated_check(run, probe, sim_epochs, progress=progress), probe.P)
     sim = sim_all[sim_all["retained"]].reset_index(drop=True)    # logits and repeated input rows out
-    control = synthetic_control(probe.M)
+    control = synthetic_control(probe.M, n_searches=probe.center_searches)
     sim_stats = sim_statistics(sim_all, control)
     deviation = simulated_deviation(sim)
     g.update(sim_median_dev=deviation, sim_n=len(sim), sim_epochs=", ".join(str(e) for e in sim_epochs),
