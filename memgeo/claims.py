@@ -188,7 +188,8 @@ def part_table(stats: pd.DataFrame, thresholds: Thresholds, claims: Iterable[Cla
             bounds = part.bounds(thresholds)
             part_rows.append({"claim": claim.key, "statement": claim.statement, "section": claim.section,
                               "statistic": part.stat, "label": part.label, **iv,
-                              "rule": part.rule_text(thresholds),
+                              "rule": part.rule_text(thresholds), "bound_lo": bounds[0], "bound_hi": bounds[1],
+                              "side": part.side,
                               "part_verdict": decide_part(iv["lo"], iv["hi"], part.side, bounds)})
         verdict = combine(r["part_verdict"] for r in part_rows)
         rows += [{**r, "verdict": verdict} for r in part_rows]

@@ -29,7 +29,7 @@ def page_glue_names(page: str) -> tuple[set, set]:
 def section_glue_names(page: str) -> set:
     """The names `reports.intro.section_glue` gives a section's claims over seeds."""
     from memgeo.claims import CLAIMS
-    names = set()
+    names = {"n_seeds"}
     for claim in CLAIMS:
         if claim.section == page:
             names.add(f"v_{claim.key}")
@@ -175,3 +175,52 @@ def test_rewind_stats_are_the_claims_numbers(smoke_reports):
     else:       # memorization did not grow after early stopping on this run: undefined
         assert math.isnan(st["maini_nonfinal_removed"]) and math.isnan(st["maini_nonfinal_matched"])
     assert rew.claims["maini"][1] in verdicts.READINGS
+
+
+def test_band_is_the_student_t_interval_per_group():
+    from memgeo.reports.seeds import band, stacked
+    long = stacked({0: pd.DataFrame({"x": [1, 2], "v": [1.0, 10.0]}), 1: pd.DataFrame({"x": [1, 2], "v": [2.0, 10.0]}),
+                    2: pd.DataFrame({"x": [1, 2], "v": [3.0, np.nan]})})
+    assert list(long.columns) == ["seed", "x", "v"] and long["seed"].tolist() == [0, 0, 1, 1, 2, 2]
+    b = band(long, ["x"], "v").set_index("x")
+    half = 4.302652729749464 * 1.0 / math.sqrt(3)           # t(0.975, 2) x sd / sqrt(n)
+    assert b.loc[1, "n"] == 3 and b.loc[1, "mean"] == 2.0
+    assert b.loc[1, "lo"] == pytest.approx(2.0 - half) and b.loc[1, "hi"] == pytest.approx(2.0 + half)
+    assert b.loc[2, "n"] == 2 and b.loc[2, "lo"] == b.loc[2, "hi"] == 10.0     # nan dropped, no spread
+
+
+def test_tables_and_figures_over_seeds(smoke_reports):
+    import matplotlib.pyplot as plt
+
+    from memgeo.plotting import seeds as spread
+    from memgeo.reports.intro import section_parts, section_stats
+    from memgeo.reports.seeds import geometry_over_seeds, gradient_ratio_over_seeds, rewind_over_seeds, seed_reports
+    p, reports = smoke_reports
+    lay = seed_reports(p, "layers")
+    assert sorted(lay) == list(p.seeds)
+    # the page's own seed is the same report as the page's
+    assert lay[p.run.seed].stats == reports["layers"].stats
+    geo = geometry_over_seeds(lay)
+    for seed, r in lay.items():
+        g = geo[geo["seed"] == seed]
+        assert set(g["role"]) == {"initialisation", "early stop", "end"}
+        assert g.loc[g["role"] == "early stop", "epoch"].unique().tolist() == [r["early_stop"]]
+        s = r.tables["summary"]
+        end = s[s["epoch"] == s["epoch"].max()].set_index(["layer", "type"])["capacity"]
+        mine = g[g["role"] == "end"].set_index(["layer", "type"])["capacity"]
+        pd.testing.assert_series_equal(mine.sort_index(), end.sort_index(), check_names=False)
+    parts = section_parts(p, "layers", reports=lay)
+    assert parts.equals(section_parts(p, "layers"))          # the same numbers from the reports given
+    assert {"bound_lo", "bound_hi", "side"} <= set(parts.columns)
+    figs = [spread.plot_parts(parts, section_stats(lay)), spread.plot_geometry_over_seeds(geo, "radius")]
+    rew = rewind_over_seeds(seed_reports(p, "rewind"))
+    assert rew["seed"].nunique() == len(p.seeds) and set(rew["mode"]) == {"single", "cumulative"}
+    figs.append(spread.plot_rewind_over_seeds(rew))
+    gr = gradient_ratio_over_seeds(seed_reports(p, "gradients"))
+    assert gr["seed"].nunique() == len(p.seeds) and (gr["ratio"] > 0).all()
+    figs.append(spread.plot_gradient_ratio_over_seeds(gr))
+    assert len([a for a in figs[0].axes if a.get_visible()]) == len(parts)
+    for f in figs:
+        plt.close(f)
+    with pytest.raises(ValueError, match="no per-seed report"):
+        seed_reports(p, "double_descent")

@@ -10,11 +10,8 @@ import pandas as pd
 from ..claims import CLAIMS, INCONCLUSIVE, NOT, REPRODUCED, claim_table, part_table, t_quantile
 from ..config import Preset
 from .double_descent import double_descent_report
-from .gradients import gradients_report
-from .layers import layers_report
-from .rewind import rewind_report
+from .seeds import PER_SEED, seed_reports
 
-PER_SEED = {"layers": layers_report, "rewind": rewind_report, "gradients": gradients_report}
 SECTIONS = ("layers", "rewind", "double_descent", "gradients")
 
 
@@ -23,23 +20,27 @@ def stats_over_seeds(p: Preset, sections: Iterable[str] = SECTIONS, progress: bo
     (every report is cached: the second call reads). Double descent compares widths within each
     seed, so its report runs once over all seeds."""
     sections = list(sections)
-    rows = []
-    for q in p.replicas():
-        row = {"seed": q.run.seed}
-        for name in sections:
-            if name in PER_SEED:
-                row.update(PER_SEED[name](q, progress=progress).stats)
-        rows.append(row)
-    stats = pd.DataFrame(rows)
+    rows = {q.run.seed: {"seed": q.run.seed} for q in p.replicas()}
+    for name in sections:
+        if name in PER_SEED:
+            for seed, r in seed_reports(p, name, progress=progress).items():
+                rows[seed].update(r.stats)
+    stats = pd.DataFrame(list(rows.values()))
     if "double_descent" in sections:
         dd = double_descent_report(p, progress=progress).tables["seed_stats"]
         stats = stats.merge(dd, on="seed", how="left")
     return stats
 
 
-def section_parts(p: Preset, section: str, progress: bool = False) -> pd.DataFrame:
-    """The parts of one section's claims, with their intervals over seeds and verdicts."""
-    stats = stats_over_seeds(p, [section], progress=progress)
+def section_stats(reports: dict) -> pd.DataFrame:
+    """One row per seed (column "seed"), one column per claim statistic, from a section's reports by seed."""
+    return pd.DataFrame([{"seed": seed, **r.stats} for seed, r in reports.items()])
+
+
+def section_parts(p: Preset, section: str, progress: bool = False, reports: dict | None = None) -> pd.DataFrame:
+    """The parts of one section's claims, with their intervals over seeds and verdicts.
+    `reports`: the section's reports by seed (`seeds.seed_reports`), when the page already has them."""
+    stats = stats_over_seeds(p, [section], progress=progress) if reports is None else section_stats(reports)
     return part_table(stats, p.thresholds, [c for c in CLAIMS if c.section == section])
 
 
@@ -68,8 +69,8 @@ def linked(claims: pd.DataFrame) -> pd.DataFrame:
 
 def section_glue(parts: pd.DataFrame) -> dict:
     """Glue of a section's claims over seeds: `v_<claim>` (the verdict) and, per statistic,
-    `<statistic>_mean`, `_lo`, `_hi` and `_n`."""
-    g = {}
+    `<statistic>_mean`, `_lo`, `_hi` and `_n`; `n_seeds`, the most seeds any statistic has."""
+    g = {"n_seeds": int(parts["n"].max()) if len(parts) else 0}
     for r in parts.itertuples():
         g[f"v_{r.claim}"] = r.verdict
         g[f"{r.statistic}_mean"], g[f"{r.statistic}_lo"], g[f"{r.statistic}_hi"] = r.mean, r.lo, r.hi
