@@ -213,11 +213,35 @@ def load_raw(cfg: RunConfig, root: Path | None = None) -> RawDataset:
     if named and downloads and not root.is_dir():
         raise DataError(f"{source} {root} does not exist; nothing was created or downloaded. Fix the path, "
                         f"or create it (mkdir -p {root}) to have {cfg.dataset} downloaded into it.")
+    # One dataset is kept in memory per process, keyed by its files' sizes and times: a notebook
+    # reads several seeds' runs (and each run reads the data more than once) from one unpickling.
+    folder = root / RAW_FOLDERS[cfg.dataset]
+    key = (cfg.dataset, str(root.resolve()), bool(cfg.unverified_local_copy), _files_signature(folder)) \
+        if folder.is_dir() else None
+    if key is not None and key in _RAW_MEMO:
+        return _RAW_MEMO[key]
     if cfg.dataset == "cifar10":
-        return load_cifar10(root, cfg.unverified_local_copy)
-    if cfg.dataset == "cifar100":
-        return load_cifar100(root)
-    return load_tinyimagenet(root)
+        raw = load_cifar10(root, cfg.unverified_local_copy)
+    elif cfg.dataset == "cifar100":
+        raw = load_cifar100(root)
+    else:
+        raw = load_tinyimagenet(root)
+    for split in (raw.train, raw.test):      # shared between callers: nobody may write into it
+        for a in (split.images, split.labels):
+            a.setflags(write=False)
+    _RAW_MEMO.clear()
+    if key is not None:
+        _RAW_MEMO[key] = raw
+    return raw
+
+
+RAW_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "tinyimagenet": "tiny-imagenet-200"}
+_RAW_MEMO: dict = {}
+
+
+def _files_signature(folder: Path) -> tuple:
+    """(name, size, mtime) of the files directly in `folder`: changes when the data is replaced."""
+    return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_file()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -477,6 +477,21 @@ def output_uniformity(model: BlockNet, data: LabelledData, index: np.ndarray) ->
             "uniform": 1.0 / out.shape[1]}
 
 
+def uniformity_at_init(run: Run, data: LabelledData, settings: GradientConfig) -> pd.DataFrame:
+    """`output_uniformity` at initialisation on the settings' sample, with the stored BatchNorm
+    statistics (the identity; row "saved") and with them recomputed on the training images (row
+    "recompute_init"), indexed by `bn`; cached in the run folder."""
+    cache = ResultCache.of_run(run, "gradients", {"table": "uniformity", "n_examples": settings.n_examples},
+                               seed=settings.seed, version=CACHE_VERSION)
+
+    def compute() -> pd.DataFrame:
+        sample = gradient_sample(data, settings.n_examples, settings.seed)
+        return pd.DataFrame([{"bn": bn, **output_uniformity(model_at(run, 0, data, bn), data, sample)}
+                             for bn in ("saved", "recompute_init")])
+
+    return cache.get(compute).set_index("bn")
+
+
 def scaling_pools(data: LabelledData, settings: GradientConfig, sizes: Sequence[int]) -> "dict[str, np.ndarray]":
     """Random pools of each group: pool_factor * max(sizes) examples (or all there are), with the
     group's composition of training labels when `settings.balanced` (stratified draw)."""

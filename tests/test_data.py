@@ -192,3 +192,18 @@ def test_missing_data_root_is_not_created(tmp_path, monkeypatch):
     missing.mkdir(parents=True)
     with pytest.raises(D.DataError, match="could not be loaded"):
         D.load_data(RunConfig())
+
+
+def test_raw_data_is_read_once_per_process_and_again_when_its_files_change(tmp_path):
+    root = tmp_path / "data"
+    write_cifar_batches(root / "cifar-10-batches-py", 4, 2)
+    c = cfg(train_per_class=2, test_per_class=1)
+    first = D.load_raw(c, root)
+    assert D.load_raw(c, root) is first                        # memoised: one unpickling
+    assert not first.train.images.flags.writeable and not first.test.labels.flags.writeable
+    a = D.load_data(c, root)
+    a.x_train[0] = 0                                           # callers get copies they may change
+    assert D.load_data(c, root).x_train.equal(D.load_data(c, root).x_train)
+    write_cifar_batches(root / "cifar-10-batches-py", 5, 2, seed=1)   # the data replaced
+    again = D.load_raw(c, root)
+    assert again is not first and again.train.images.shape[0] == 50

@@ -302,3 +302,19 @@ def test_settings_follow_the_preset():
         assert len(G.class_sizes(configure(name).gradients.sizes, 10)) >= 2
     with pytest.raises(ConfigError):
         G.GradientSettings(sizes=())
+
+
+def test_output_uniformity_at_init_is_cached_per_bn_mode(tiny_run):
+    run, data = tiny_run
+    s = G.GradientSettings(n_examples=60, batch_size=32)
+    u = G.uniformity_at_init(run, data, s)
+    sample = G.gradient_sample(data, s.n_examples, s.seed)
+    for bn in ("saved", "recompute_init"):
+        direct = G.output_uniformity(G.model_at(run, 0, data, bn), data, sample)
+        for k, v in direct.items():
+            assert u.loc[bn, k] == pytest.approx(v, rel=1e-6), (bn, k)
+    assert u.loc["recompute_init", "logit_std"] > u.loc["saved", "logit_std"]
+    files = list((run.path / "gradients").glob("*/table.csv"))
+    stamp = {f: f.stat().st_mtime_ns for f in files}
+    assert G.uniformity_at_init(run, data, s).equals(u)          # read back, nothing recomputed
+    assert {f: f.stat().st_mtime_ns for f in files} == stamp

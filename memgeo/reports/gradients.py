@@ -13,8 +13,7 @@ from ..book import describe
 from ..config import GradientConfig, Preset, Thresholds
 from ..data import LabelledData
 from ..gradients import (ALL, MEMORIZATION_LEVELS, claim_stats, class_sizes, fit_slopes, fit_two_components,
-                         gradient_sample, gradients_over_epochs, model_at, output_uniformity, phase_epochs,
-                         ratios, scaling_at_epoch)
+                         gradients_over_epochs, phase_epochs, ratios, scaling_at_epoch, uniformity_at_init)
 from ..runs import Run
 from ..train import train
 from ..verdicts import gradient_claim
@@ -83,9 +82,8 @@ def gradient_numbers(run: Run, data: LabelledData, settings: GradientConfig, tab
     dep, tot, ind = (ratios(table, part, layer) for part in ("dependent", "total", "independent"))
     ph = phase_epochs(list(dep.index), run.metrics, early, thresholds.memorized)
     mean = lambda s, k: float(s.loc[ph[k]].mean()) if ph[k] else float("nan")   # noqa: E731
-    sample = gradient_sample(data, settings.n_examples, settings.seed)
-    uni_id = output_uniformity(model_at(run, 0, data, "saved"), data, sample)
-    uni = output_uniformity(model_at(run, 0, data, "recompute_init"), data, sample)
+    u = uniformity_at_init(run, data, settings)
+    uni_id, uni = (u.loc[bn].to_dict() for bn in ("saved", "recompute_init"))
     slopes = fit_slopes(scaling).set_index(["part", "layer"])
     comp = fit_two_components(scaling).set_index(["part", "layer", "group"])
     d0 = table[(table["part"] == "dependent") & (table["layer"] == layer)].sort_values("epoch")
