@@ -130,8 +130,9 @@ def geometry_cache(run: Run, probe: ProbeConfig) -> ResultCache:
 
 
 # Version of the simulated check's table (2: center correlations, features and rank per row,
-# the input layer once, the best of probe.center_searches center searches).
-SIM_TABLE_VERSION = 2
+# the input layer once, the best of probe.center_searches center searches; 3: the share of
+# dichotomies separable at no number of features, and the capacity of the separable ones).
+SIM_TABLE_VERSION = 3
 # Layers whose features do not change in training: analysed at the first epoch only.
 STATIC_LAYERS = ("input",)
 # A simulated-check row counts when its layer has at least this many times P / alpha features.
@@ -270,7 +271,8 @@ def simulated_check(run: Run, probe: ProbeConfig, epochs, layers=None, types=("t
                "capacity_meanfield": mf.capacity, "capacity_simulated": sim.capacity,
                "capacity_simulated_err": sim.capacity_err, "center_correlation": mf.center_correlation,
                "residual_correlation": mf.residual_correlation, "K": mf.K,
-               "features": feats[0].shape[1], "rank": sim.rank, "n_c": sim.n_c}
+               "features": feats[0].shape[1], "rank": sim.rank, "n_c": sim.n_c,
+               "unseparable": sim.unseparable, "capacity_simulated_separable": sim.capacity_separable}
         df = cache.add("table", pd.DataFrame([row]), CHUNK)
         if bar is not None:
             bar.update(1)
@@ -299,6 +301,8 @@ def sim_rows(sim: pd.DataFrame, P: int, feature_margin: float = SIM_FEATURE_MARG
         return out.assign(deviation=[], retained=[], excluded=[])
     mf = out["capacity_meanfield"]
     out["deviation"] = (out["capacity_simulated"] - mf) / mf
+    if "capacity_simulated_separable" in out:
+        out["deviation_separable"] = (out["capacity_simulated_separable"] - mf) / mf
     needed = feature_margin * P / mf
     few = out["features"] < needed
     first = out.groupby(["layer", "type"])["epoch"].transform("min")
@@ -315,7 +319,7 @@ def synthetic_control(M: int, Ps=(10, 50, 100), *, radius: float = 1.0, n_t: int
     M, P = 10, 50, 100), computed once and kept in the result cache (runs/cache/sim_control/)."""
     from .geometry.simulated import finite_p_control
     settings = {"M": int(M), "Ps": [int(p) for p in Ps], "radius": float(radius), "n_t": int(n_t),
-                "n_searches": int(n_searches)}
+                "n_searches": int(n_searches), "table": 2}   # 2: unseparable share, separable capacity
     return cached_table("sim_control", settings,
                         lambda: pd.DataFrame(finite_p_control(M, Ps, radius=radius, n_t=n_t, seed=seed,
                                                               n_searches=n_searches)),
@@ -326,13 +330,40 @@ def sim_statistics(rows: pd.DataFrame, control: pd.DataFrame) -> dict[str, float
     """The numbers the Fig. 1B verdict is decided on: ``sim_median_abs_dev`` and
     ``sim_signed_median_dev`` (median |deviation| and median deviation over the retained rows of
     :func:`sim_rows`), ``sim_n_rows`` (how many), and ``sim_control_p<P>`` (the synthetic
-    control's median |deviation| over its draws at P manifolds); nan when undefined."""
+    control's median |deviation| over its draws at P manifolds); nan when undefined.
+
+    And the test of one cause of the gap: ``sim_unseparable`` (mean share of the dichotomies that
+    no number of features separates, over the retained rows), ``sim_median_abs_dev_separable``
+    (median |deviation| when the simulated capacity counts only the separable dichotomies) and
+    their control counterparts ``sim_control_unseparable_p<P>`` and ``sim_control_sep_p<P>``."""
     kept = rows[rows["retained"]] if len(rows) else rows
     dev = kept["deviation"].to_numpy(float) if len(kept) else np.zeros(0)
-    out = {"sim_median_abs_dev": float(np.median(np.abs(dev))) if dev.size else float("nan"),
+    out = {"sim_median_abs_dev": _median_abs(dev),
            "sim_signed_median_dev": float(np.median(dev)) if dev.size else float("nan"),
-           "sim_n_rows": float(dev.size)}
+           "sim_n_rows": float(dev.size),
+           "sim_unseparable": _mean(kept, "unseparable"),
+           "sim_median_abs_dev_separable": _median_abs(_column(kept, "deviation_separable"))}
     for P in (10, 50, 100):
-        d = control.loc[control["P"] == P, "deviation"].to_numpy(float) if len(control) else np.zeros(0)
-        out[f"sim_control_p{P}"] = float(np.median(np.abs(d))) if d.size else float("nan")
+        c = control[control["P"] == P] if len(control) else control
+        out[f"sim_control_p{P}"] = _median_abs(_column(c, "deviation"))
+        out[f"sim_control_unseparable_p{P}"] = _mean(c, "unseparable")
+        sep = (c["capacity_simulated_separable"] - c["capacity_meanfield"]) / c["capacity_meanfield"] \
+            if len(c) and "capacity_simulated_separable" in c else pd.Series(dtype=float)
+        out[f"sim_control_sep_p{P}"] = _median_abs(sep.to_numpy(float))
     return out
+
+
+def _column(t: pd.DataFrame, name: str) -> np.ndarray:
+    return t[name].to_numpy(float) if len(t) and name in t else np.zeros(0)
+
+
+def _median_abs(v: np.ndarray) -> float:
+    v = np.asarray(v, float)
+    v = v[np.isfinite(v)]
+    return float(np.median(np.abs(v))) if v.size else float("nan")
+
+
+def _mean(t: pd.DataFrame, name: str) -> float:
+    v = _column(t, name)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")

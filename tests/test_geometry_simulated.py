@@ -113,3 +113,19 @@ def test_finite_p_control_gap_shrinks_with_P():
     assert [r["residual_correlation"] for r in rows if r["P"] == 100][0] < 0.04
     with pytest.raises(ValueError, match="radius > 0"):
         gaussian_clouds(10, 8, radius=0.0)
+
+
+def test_unseparable_dichotomies_and_the_capacity_of_the_separable_ones():
+    from memgeo.geometry.simulated import SimulatedCapacity
+    r = SimulatedCapacity(0.0, 0.0, 0.0, 0.0, np.inf, np.array([10.0, 20.0, np.inf, np.inf]), 10, 30)
+    assert r.unseparable == 0.5 and r.capacity_separable == pytest.approx(1.0)   # median n* of {10, 20}: 10
+    none = SimulatedCapacity(0.0, 0.0, 0.0, 0.0, np.inf, np.array([np.inf, np.inf]), 10, 30)
+    assert none.unseparable == 1.0 and np.isnan(none.capacity_separable)
+    # two manifolds made of the same points (positive orthant, no centring): a dichotomy that
+    # labels them differently is separable with no number of features, one that does not is
+    rng = np.random.default_rng(0)
+    pts = rng.random((6, 40)) + 0.1
+    res = simulated_capacity([pts, pts.copy()], n_dichotomies=40, seed=1, center=False)
+    differ = 1 - res.unseparable
+    assert 0.25 < res.unseparable < 0.75 and np.isfinite(res.capacity_separable)
+    assert res.fraction(res.rank) == pytest.approx(differ)

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -153,5 +155,17 @@ def test_sim_rows_drop_logits_and_repeated_input_and_give_the_statistics():
     assert st["sim_median_abs_dev"] == pytest.approx(0.1)
     assert st["sim_signed_median_dev"] == pytest.approx(-0.1)
     assert (st["sim_control_p10"], st["sim_control_p50"], st["sim_control_p100"]) == pytest.approx((0.15, 0.01, 0.04))
-    assert set(st) == {"sim_median_abs_dev", "sim_signed_median_dev", "sim_n_rows", "sim_control_p10",
-                       "sim_control_p50", "sim_control_p100"}
+    assert {"sim_median_abs_dev", "sim_signed_median_dev", "sim_n_rows", "sim_control_p10", "sim_control_p50",
+            "sim_control_p100"} <= set(st)
+    assert math.isnan(st["sim_unseparable"]) and math.isnan(st["sim_control_sep_p10"])   # not in these tables
+    # the test of unseparable dichotomies: their share and the deviation of the separable ones
+    sim2 = sim.assign(unseparable=[0.2, 0.4, 1.0] * 3,
+                      capacity_simulated_separable=sim["capacity_meanfield"] * np.tile([1.0, 0.98, np.nan], 3))
+    control2 = control.assign(unseparable=[0.1, 0.3, 0.2, 0.0, 0.0],
+                              capacity_meanfield=[0.2] * 5, capacity_simulated_separable=[0.19, 0.21, 0.2, 0.2, 0.2])
+    st2 = sim_statistics(sim_rows(sim2, P=10), control2)
+    assert st2["sim_median_abs_dev"] == st["sim_median_abs_dev"]
+    assert st2["sim_unseparable"] == pytest.approx((0.2 + 0.4 + 0.4 + 0.4) / 4)        # the retained rows
+    assert st2["sim_median_abs_dev_separable"] == pytest.approx(0.02)                 # 0, 0.02, 0.02, 0.02
+    assert st2["sim_control_unseparable_p10"] == pytest.approx(0.2)
+    assert st2["sim_control_sep_p10"] == pytest.approx(0.05) and st2["sim_control_sep_p100"] == 0.0

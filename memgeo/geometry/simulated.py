@@ -70,6 +70,22 @@ class SimulatedCapacity:
         """Fraction of the sampled dichotomies separable with n features."""
         return float(np.mean(self.n_star <= n))
 
+    @property
+    def unseparable(self) -> float:
+        """Fraction of the sampled dichotomies not separable with any number of features (n* = inf:
+        not even at the full rank of the points)."""
+        return float(np.mean(np.isinf(self.n_star)))
+
+    @property
+    def capacity_separable(self) -> float:
+        """P / n_c counting only the dichotomies separable at full rank (n_c: their median n*);
+        nan when none is. Equals `capacity` when every dichotomy is separable."""
+        finite = np.sort(self.n_star[np.isfinite(self.n_star)])
+        if finite.size == 0:
+            return math.nan
+        n_c = _crossing(finite, 0.5)
+        return self.P / n_c if n_c > 0 else math.inf
+
 
 def _ldp_separable(A: np.ndarray) -> tuple[bool, np.ndarray | None]:
     """Exact test: is there w with A w > 0? (rows of A unit norm). Returns (separable, w)."""
@@ -325,5 +341,6 @@ def finite_p_control(M: int, Ps=(10, 50, 100), *, radius: float = 1.0, dim: int 
                          "deviation": (sim.capacity - mf.capacity) / mf.capacity,
                          "center_correlation": mf.center_correlation,
                          "residual_correlation": mf.residual_correlation, "K": mf.K,
+                         "unseparable": sim.unseparable, "capacity_simulated_separable": sim.capacity_separable,
                          "dichotomies": nd, "seconds": time.perf_counter() - t0})
     return rows
