@@ -220,7 +220,21 @@ def test_tables_and_figures_over_seeds(smoke_reports):
     assert gr["seed"].nunique() == len(p.seeds) and (gr["ratio"] > 0).all()
     figs.append(spread.plot_gradient_ratio_over_seeds(gr))
     assert len([a for a in figs[0].axes if a.get_visible()]) == len(parts)
+    dd = reports["double_descent"].tables
+    figs.append(spread.plot_parts(dd["parts"], dd["seed_stats"], ncols=2))
+    assert len([a for a in figs[-1].axes if a.get_visible()]) == len(dd["parts"]) == 2
     for f in figs:
         plt.close(f)
     with pytest.raises(ValueError, match="no per-seed report"):
         seed_reports(p, "double_descent")
+
+
+def test_unseparable_reading_covers_each_case():
+    from memgeo.reports.layers import unseparable_reading
+    base = {"sim_unseparable": 0.2, "sim_median_abs_dev": 0.2}
+    assert "main cause" in unseparable_reading({**base, "sim_median_abs_dev_separable": 0.05})
+    assert "part of the gap" in unseparable_reading({**base, "sim_median_abs_dev_separable": 0.15})
+    assert "not its cause" in unseparable_reading({**base, "sim_median_abs_dev_separable": 0.25})
+    assert "almost every" in unseparable_reading({**base, "sim_unseparable": 0.01, "sim_median_abs_dev_separable": 0.2})
+    assert unseparable_reading({**base, "sim_unseparable": float("nan"),
+                                "sim_median_abs_dev_separable": 0.1}).startswith("not measured")
