@@ -152,6 +152,15 @@ def interval(values: Iterable[float], level: float = LEVEL) -> dict:
     return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half}
 
 
+def intervals_by(long: pd.DataFrame, by: Iterable[str], value: str) -> pd.DataFrame:
+    """Mean of `value` over seeds for each group of `by`, with its 95 % Student-t interval:
+    columns `by` + mean, lo, hi, n (n: seeds with a finite value; lo = hi = nan when n < 2)."""
+    by = list(by)
+    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **interval(d[value])}
+            for key, d in long.groupby(by, sort=False)]
+    return pd.DataFrame(rows, columns=by + ["n", "mean", "lo", "hi"])
+
+
 def decide_part(lo: float, hi: float, side: str, bounds: tuple[float, float]) -> str:
     """The verdict of one part from its interval [lo, hi] (nan: inconclusive)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):

@@ -117,6 +117,8 @@ class Probe:
         return np.split(f, np.cumsum([len(i) for i in mset.index[kind]])[:-1])
 
 
+# The analysed epochs every run has, by role (the early-stopping epoch differs between seeds).
+EPOCH_ROLES = ("initialisation", "early stop", "end")
 GEOMETRY_SETTINGS = ("P", "M", "n_t", "kappa", "proj_dim", "center_searches")
 CHUNK = ("epoch", "layer", "type")
 

@@ -116,3 +116,16 @@ def test_claim_keys_unique_and_sections_known():
     assert len(keys) == len(set(keys))
     assert {c.section for c in C.CLAIMS} <= {"layers", "rewind", "double_descent", "gradients"}
     assert np.all([len(c.parts) >= 1 for c in C.CLAIMS])
+
+
+def test_intervals_by_group_are_the_student_t_interval():
+    from memgeo.claims import intervals_by
+    from memgeo.reports.seeds import stacked
+    long = stacked({0: pd.DataFrame({"x": [1, 2], "v": [1.0, 10.0]}), 1: pd.DataFrame({"x": [1, 2], "v": [2.0, 10.0]}),
+                    2: pd.DataFrame({"x": [1, 2], "v": [3.0, np.nan]})})
+    assert list(long.columns) == ["seed", "x", "v"] and long["seed"].tolist() == [0, 0, 1, 1, 2, 2]
+    b = intervals_by(long, ["x"], "v").set_index("x")
+    half = 4.302652729749464 * 1.0 / math.sqrt(3)           # t(0.975, 2) x sd / sqrt(n)
+    assert b.loc[1, "n"] == 3 and b.loc[1, "mean"] == 2.0
+    assert b.loc[1, "lo"] == pytest.approx(2.0 - half) and b.loc[1, "hi"] == pytest.approx(2.0 + half)
+    assert b.loc[2, "n"] == 2 and b.loc[2, "lo"] == b.loc[2, "hi"] == 10.0     # nan dropped, no spread

@@ -51,7 +51,7 @@ def test_sweep_resumes_without_retraining_finished_widths(cifar_root, tmp_path, 
         mset = sample_manifolds(data, probe.P, probe.M, run.config.seed)
         feats = Probe(probe.proj_dim, run.config.seed).features(run.load_model(run.config.epochs), data, mset,
                                                                 "permuted", "conv4")
-        res = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=run.config.seed)
+        res = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=run.config.seed, n_searches=probe.center_searches)
         row = g[(g["layer"] == "conv4") & (g["type"] == "permuted")].iloc[0]
         assert (row["capacity"], row["radius"], row["dimension"]) == (res.capacity, res.radius, res.dimension)
 

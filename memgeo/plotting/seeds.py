@@ -1,6 +1,6 @@
-"""Figures of the spread over training seeds: every claim statistic per seed with its mean and 95 %
-interval against the rule's threshold, and each section's main curves over seeds (tables from
-`memgeo.reports.seeds`)."""
+"""Figures of the spread over training seeds: every claim statistic per seed with its mean and
+95 % interval against the rule's threshold, and each section's main curves over seeds (from the
+tables the section reports stack over seeds, one row per seed; intervals from `memgeo.claims`)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from ..plots import TYPE_COLORS, figure, shared_legend
-from ..reports.seeds import ROLES, band
+from ..claims import intervals_by
+from ..probe import EPOCH_ROLES
 
 VERDICT_COLORS = {"reproduced": "tab:green", "not reproduced": "tab:red", "inconclusive at this scale": "tab:grey"}
 
@@ -60,10 +61,10 @@ def plot_geometry_over_seeds(long: pd.DataFrame, quantity: str = "capacity", log
     `reports.seeds.geometry_over_seeds`."""
     types = [t for t in TYPE_COLORS if t in set(long["type"])]
     fig, axes = figure(1, len(types), panel_height=2.6, sharey=True, squeeze=False)
-    b = band(long, ["type", "role", "depth", "layer"], quantity)
+    b = intervals_by(long, ["type", "role", "depth", "layer"], quantity)
     styles = {"initialisation": ":", "early stop": "--", "end": "-"}
     for ax, kind in zip(axes.flat, types):
-        for role in ROLES:
+        for role in EPOCH_ROLES:
             d = b[(b["type"] == kind) & (b["role"] == role)].sort_values("depth")
             ax.plot(d["depth"], d["mean"], styles[role], color=TYPE_COLORS[kind], label=role)
             ax.fill_between(d["depth"], d["lo"], d["hi"], color=TYPE_COLORS[kind], alpha=0.18, lw=0)
@@ -87,7 +88,7 @@ def plot_gradient_ratio_over_seeds(long: pd.DataFrame, part: str = "dependent"):
         es = d["early_stop"].iloc[0]
         ax.axvline(es, color="tab:red", ls="--", lw=0.8, alpha=0.5)
     # epochs with a checkpoint in every seed only (the others are kept epochs of some seeds alone)
-    b = band(long, ["epoch"], "ratio").sort_values("epoch")
+    b = intervals_by(long, ["epoch"], "ratio").sort_values("epoch")
     b = b[b["n"] == long["seed"].nunique()]
     ax.plot(b["epoch"], b["mean"], "o-", color="k", ms=3, label=f"mean over seeds ({part} part)")
     ax.fill_between(b["epoch"], b["lo"], b["hi"], color="k", alpha=0.15, lw=0, label="95 % interval over seeds")
@@ -113,7 +114,7 @@ def plot_rewind_over_seeds(long: pd.DataFrame, quantity: str = "gap_recovered"):
         x = {l: i for i, l in enumerate(order["layer"])}
         for col, color, dx, label in ((quantity, "tab:blue", -0.12, "rewound"),
                                       (f"{quantity}_matched", "tab:orange", 0.12, "random weights, same count")):
-            b = band(d, ["layer"], col)
+            b = intervals_by(d, ["layer"], col)
             xs = np.array([x[l] for l in b["layer"]]) + dx
             ax.plot(np.array([x[l] for l in d["layer"]]) + dx, d[col], "o", color=color, alpha=0.35, ms=3)
             ax.errorbar(xs, b["mean"], yerr=[b["mean"] - b["lo"], b["hi"] - b["mean"]], fmt="s", color=color,

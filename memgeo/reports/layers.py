@@ -103,9 +103,10 @@ def layers_report(p: Preset, progress: bool = True) -> Report:
     return Report(g, tables, claims, run, stats)
 
 
-def unseparable_reading(st: dict, negligible: float = 0.02) -> str:
+def unseparable_reading(st: dict, negligible: float = 0.02, hardly: float = 0.9) -> str:
     """What the share of never-separable dichotomies says about the simulated capacity's gap
-    (`st`: from `probe.sim_statistics`); `negligible`: a share below which they cannot matter."""
+    (`st`: from `probe.sim_statistics`); `negligible`: a share below which they cannot matter;
+    `hardly`: a gap that keeps this fraction of itself without them is not theirs."""
     import math
     share, sep, all_ = st["sim_unseparable"], st["sim_median_abs_dev_separable"], st["sim_median_abs_dev"]
     if not all(math.isfinite(x) for x in (share, sep, all_)):
@@ -114,6 +115,6 @@ def unseparable_reading(st: dict, negligible: float = 0.02) -> str:
         return "almost every dichotomy is separable, so they are not what lowers the simulated capacity"
     if sep <= 0.5 * all_:
         return "leaving them out removes most of the gap: they are its main cause"
-    if sep < all_:
+    if sep < hardly * all_:
         return "leaving them out removes part of the gap, not most of it"
-    return "leaving them out does not shrink the gap: they are not its cause"
+    return "leaving them out hardly changes the gap: they are not its cause"

@@ -3,12 +3,12 @@ over seeds (mean with its 95 % interval as a band or error bar, every seed drawn
 claims' intervals (`memgeo.reports.intro`) are made from the same reports."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import pandas as pd
 
-from ..claims import interval
 from ..config import Preset
+from ..probe import EPOCH_ROLES
 from . import Report
 from .gradients import gradients_report
 from .layers import layers_report
@@ -32,19 +32,7 @@ def stacked(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
         lambda d: d[["seed"] + [c for c in d.columns if c != "seed"]])
 
 
-def band(long: pd.DataFrame, by: Iterable[str], value: str) -> pd.DataFrame:
-    """Mean of `value` over seeds for each group of `by`, with its 95 % Student-t interval:
-    columns `by` + mean, lo, hi, n (n: seeds with a finite value; lo = hi = nan when n < 2)."""
-    by = list(by)
-    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **interval(d[value])}
-            for key, d in long.groupby(by, sort=False)]
-    return pd.DataFrame(rows, columns=by + ["n", "mean", "lo", "hi"])
-
-
 # --- each section's table over seeds -------------------------------------------------------------
-
-ROLES = ("initialisation", "early stop", "end")
-
 
 def geometry_over_seeds(reports: dict[int, Report]) -> pd.DataFrame:
     """The layers' geometry of every seed at the three epochs every seed has in common by role
@@ -53,8 +41,7 @@ def geometry_over_seeds(reports: dict[int, Report]) -> pd.DataFrame:
     frames = {}
     for seed, r in reports.items():
         s = r.tables["summary"]
-        epochs = {"initialisation": int(s["epoch"].min()), "early stop": int(r["early_stop"]),
-                  "end": int(s["epoch"].max())}
+        epochs = dict(zip(EPOCH_ROLES, (int(s["epoch"].min()), int(r["early_stop"]), int(s["epoch"].max()))))
         parts = [s[s["epoch"] == e].assign(role=role) for role, e in epochs.items()]
         frames[seed] = pd.concat(parts, ignore_index=True)[
             ["role", "epoch", "layer", "depth", "type", "capacity", "radius", "dimension", "center_correlation"]]
