@@ -157,8 +157,7 @@ class ProbeConfig:
     sim_dichotomies: int = 60   # random dichotomies in the simulated-capacity check (Fig. 1B)
     sim_epochs: str = "auto"    # epochs whose layers get simulated capacity ("auto": init, early, end)
     # Whole center-subspace searches per analysis, the lowest residual correlation kept (as the
-    # reference's n_reps): at P = 10 one search has several optima (one layer's capacity moved by
-    # ~15 % between analysis seeds); the best of 5 is stable and costs milliseconds.
+    # reference's n_reps); the default is geometry.centers.CENTER_SEARCHES (why: see there).
     center_searches: int = 5
 
     def __post_init__(self) -> None:

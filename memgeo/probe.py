@@ -302,9 +302,9 @@ def sim_rows(sim: pd.DataFrame, P: int, feature_margin: float = SIM_FEATURE_MARG
     if out.empty:
         return out.assign(deviation=[], retained=[], excluded=[])
     mf = out["capacity_meanfield"]
-    out["deviation"] = (out["capacity_simulated"] - mf) / mf
+    out["deviation"] = _relative_deviation(out, "capacity_simulated")
     if "capacity_simulated_separable" in out:
-        out["deviation_separable"] = (out["capacity_simulated_separable"] - mf) / mf
+        out["deviation_separable"] = _relative_deviation(out, "capacity_simulated_separable")
     needed = feature_margin * P / mf
     few = out["features"] < needed
     first = out.groupby(["layer", "type"])["epoch"].transform("min")
@@ -349,10 +349,14 @@ def sim_statistics(rows: pd.DataFrame, control: pd.DataFrame) -> dict[str, float
         c = control[control["P"] == P] if len(control) else control
         out[f"sim_control_p{P}"] = _median_abs(_column(c, "deviation"))
         out[f"sim_control_unseparable_p{P}"] = _mean(c, "unseparable")
-        sep = (c["capacity_simulated_separable"] - c["capacity_meanfield"]) / c["capacity_meanfield"] \
-            if len(c) and "capacity_simulated_separable" in c else pd.Series(dtype=float)
-        out[f"sim_control_sep_p{P}"] = _median_abs(sep.to_numpy(float))
+        sep = _relative_deviation(c, "capacity_simulated_separable") if "capacity_simulated_separable" in c else []
+        out[f"sim_control_sep_p{P}"] = _median_abs(sep)
     return out
+
+
+def _relative_deviation(t: pd.DataFrame, simulated: str) -> pd.Series:
+    """(simulated - mean-field) / mean-field capacity, row by row."""
+    return (t[simulated] - t["capacity_meanfield"]) / t["capacity_meanfield"]
 
 
 def _column(t: pd.DataFrame, name: str) -> np.ndarray:

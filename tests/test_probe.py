@@ -7,6 +7,7 @@ import torch
 from memgeo.config import ConfigError, ProbeConfig, RunConfig
 from memgeo.data import load_data
 from memgeo.geometry import analyze
+from memgeo.geometry.centers import CENTER_SEARCHES
 from memgeo.models import build_model
 from memgeo.probe import Probe, geometry_cache, geometry_over_epochs, sample_manifolds, select_epochs
 from memgeo.train import train
@@ -104,7 +105,7 @@ def test_geometry_table_rows_equal_a_direct_analysis(cifar_root, tmp_path, monke
         feats = Probe(probe.proj_dim, seed=3).features(model, data, mset, kind, layer)
         res = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=3, n_searches=probe.center_searches)
         single = analyze(feats, kappa=probe.kappa, n_t=probe.n_t, seed=3)
-        assert probe.center_searches == 5
+        assert probe.center_searches == CENTER_SEARCHES == 5      # the config's default is the geometry's
         assert res.residual_correlation <= single.residual_correlation + 1e-12
         row = s[(s["layer"] == layer) & (s["type"] == kind)].iloc[0]
         assert row["features"] == feats[0].shape[1] == (200 if layer == "conv1" else 32 * 2 * 2)

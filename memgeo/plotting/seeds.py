@@ -4,12 +4,13 @@ tables the section reports stack over seeds, one row per seed; intervals from `m
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
 
-from ..plots import TYPE_COLORS, figure, shared_legend
 from ..claims import intervals_by
+from ..plots import TYPE_COLORS, figure, shared_legend
 from ..probe import EPOCH_ROLES
 
 VERDICT_COLORS = {"reproduced": "tab:green", "not reproduced": "tab:red", "inconclusive at this scale": "tab:grey"}
@@ -37,22 +38,11 @@ def plot_parts(parts: pd.DataFrame, stats: pd.DataFrame, ncols: int = 3):
         ax.set_xlim(-0.8, 0.7)
         ax.set_xticks([])
         ax.set_title(f"{r.claim}: {r.rule}", fontsize=9)
-        ax.set_ylabel(_short(r.statistic), fontsize=8)
+        ax.set_ylabel(textwrap.fill(r.statistic.replace("_", " "), 24), fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     shared_legend(fig, [axes.flat[0]], ncol=3)
     return fig
-
-
-def _short(stat: str, width: int = 24) -> str:
-    words, lines, cur = stat.replace("_", " ").split(), [], ""
-    for w in words:
-        if len(cur) + len(w) + 1 > width and cur:
-            lines.append(cur)
-            cur = w
-        else:
-            cur = f"{cur} {w}".strip()
-    return "\n".join(lines + [cur])
 
 
 def plot_geometry_over_seeds(long: pd.DataFrame, quantity: str = "capacity", logy: bool = False):
@@ -62,7 +52,7 @@ def plot_geometry_over_seeds(long: pd.DataFrame, quantity: str = "capacity", log
     types = [t for t in TYPE_COLORS if t in set(long["type"])]
     fig, axes = figure(1, len(types), panel_height=2.6, sharey=True, squeeze=False)
     b = intervals_by(long, ["type", "role", "depth", "layer"], quantity)
-    styles = {"initialisation": ":", "early stop": "--", "end": "-"}
+    styles = dict(zip(EPOCH_ROLES, (":", "--", "-")))
     for ax, kind in zip(axes.flat, types):
         for role in EPOCH_ROLES:
             d = b[(b["type"] == kind) & (b["role"] == role)].sort_values("depth")

@@ -2,6 +2,8 @@
 simulated-capacity check, and the verdicts of claims 1, 2a-2c and Fig. 1B."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from ..book import describe
@@ -107,7 +109,6 @@ def unseparable_reading(st: dict, negligible: float = 0.02, hardly: float = 0.9)
     """What the share of never-separable dichotomies says about the simulated capacity's gap
     (`st`: from `probe.sim_statistics`); `negligible`: a share below which they cannot matter;
     `hardly`: a gap that keeps this fraction of itself without them is not theirs."""
-    import math
     share, sep, all_ = st["sim_unseparable"], st["sim_median_abs_dev_separable"], st["sim_median_abs_dev"]
     if not all(math.isfinite(x) for x in (share, sep, all_)):
         return "not measured (no layer counts)"

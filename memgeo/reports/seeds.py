@@ -8,6 +8,7 @@ from typing import Callable
 import pandas as pd
 
 from ..config import Preset
+from ..gradients import ratios
 from ..probe import EPOCH_ROLES
 from . import Report
 from .gradients import gradients_report
@@ -51,7 +52,6 @@ def geometry_over_seeds(reports: dict[int, Report]) -> pd.DataFrame:
 def gradient_ratio_over_seeds(reports: dict[int, Report], part: str = "dependent") -> pd.DataFrame:
     """The whole network's ratio permuted / unpermuted of the mean gradients (`part`) against epoch,
     for every seed: seed, epoch, ratio, early_stop (that seed's)."""
-    from ..gradients import ratios
     frames = {}
     for seed, r in reports.items():
         rat = ratios(r.tables["table"], part)
